@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Installs the system packages the tests need (PostgreSQL, memcached) when
+# they are missing. Source scripts/lib/common.sh first.
+
+# True when a PostgreSQL server (initdb) is installed, or CM_PG_BIN points to one.
+cm_have_postgres() {
+    if [[ -n ${CM_PG_BIN:-} && -x ${CM_PG_BIN}/initdb ]]; then
+        return 0
+    fi
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+# True when memcached is installed.
+cm_have_memcached() {
+    command -v memcached >/dev/null 2>&1 || [[ -x /usr/bin/memcached ]]
+}
+
+# Installs whatever of postgresql and memcached is missing, with one
+# `apt-get update` first. Needs root when anything is missing.
+cm_ensure_system_deps() {
+    local missing=()
+    cm_have_postgres || missing+=(postgresql)
+    cm_have_memcached || missing+=(memcached)
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        cm_die "missing ${missing[*]}; install as root: apt-get install -y ${missing[*]}"
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        cm_die "missing ${missing[*]} and no apt-get to install them with"
+    fi
+    cm_section "installing ${missing[*]}"
+    local log
+    log=$(mktemp -t cm-apt.XXXXXX)
+    cm_quietly "$log" env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+        cm_die "apt-get update failed"
+    cm_quietly "$log" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+        cm_die "apt-get install ${missing[*]} failed"
+    rm -f "$log"
+    cm_have_postgres || cm_die "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb"
+    cm_have_memcached || cm_die "memcached installed, but not found"
+}

@@ -1,0 +1,47 @@
+# shellcheck shell=bash
+# Starts one PostgreSQL cluster and one memcached for a whole run
+# (cm-test-servers from crates/testkit) and exports CM_TEST_PG_URL and
+# CM_TEST_MEMCACHED for the tests. Source scripts/lib/common.sh first, run
+# from the repository root, and call cm_stop_test_servers from an EXIT trap.
+
+CM_SERVERS_PID=
+
+# Starts the servers, waits for their env file (max 120 s) and sources it.
+#   cm_start_test_servers DIR   (DIR receives `env` and `servers.log`)
+cm_start_test_servers() {
+    local dir=$1
+    local env_file=$dir/env log=$dir/servers.log
+    # `cargo run` execs the binary, so $! is the server process itself.
+    cargo run -q --locked -p cm-testkit --bin cm-test-servers -- --env-file "$env_file" \
+        </dev/null >"$log" 2>&1 &
+    CM_SERVERS_PID=$!
+    local tries=0
+    while [[ ! -f $env_file ]]; do
+        if ! kill -0 "$CM_SERVERS_PID" 2>/dev/null; then
+            wait "$CM_SERVERS_PID" 2>/dev/null || true
+            CM_SERVERS_PID=
+            cat "$log" >&2
+            cm_die "cm-test-servers exited before it was ready"
+        fi
+        if ((tries >= 1200)); then
+            cat "$log" >&2
+            cm_stop_test_servers
+            cm_die "cm-test-servers was not ready after 120 s"
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    # shellcheck source=/dev/null
+    source "$env_file"
+    export CM_TEST_PG_URL CM_TEST_MEMCACHED
+}
+
+# Stops the servers (SIGTERM, then waits for them to be torn down). Idempotent.
+cm_stop_test_servers() {
+    if [[ -z ${CM_SERVERS_PID:-} ]]; then
+        return 0
+    fi
+    kill -TERM "$CM_SERVERS_PID" 2>/dev/null || true
+    wait "$CM_SERVERS_PID" 2>/dev/null || true
+    CM_SERVERS_PID=
+}
