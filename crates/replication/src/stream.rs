@@ -1,0 +1,400 @@
+//! The CopyBoth stream: a background task owns the socket, decodes pgoutput,
+//! hands messages to the consumer through a bounded channel, and answers the
+//! server on its own.
+//!
+//! Why a task: the walsender disconnects a client that stays silent for
+//! `wal_sender_timeout`, and a silent client also delays a fast shutdown of
+//! PostgreSQL (research rules 0.9, 5.3, 5.5). The consumer may block for a
+//! long time on memcached, so status updates must not depend on it: the task
+//! replies to every `replyRequested` keepalive at once and sends a status
+//! update every `status_interval`, also while the channel is full.
+//!
+//! At a fast shutdown the walsender waits until the `flush` we report (our
+//! `write` only while we never confirmed anything) equals its sent position
+//! (`WalSndDone` in walsender.c). Once the consumer has acknowledged all it
+//! received, the next keepalive's `walEnd` becomes our flush and the
+//! shutdown proceeds at once; unfinished work holds it, at most for
+//! `wal_sender_timeout`, because confirming it would lose it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{interval, MissedTickBehavior};
+
+use cm_pgoutput::{
+    Decoder, LogicalMessage, Lsn, PgTimestamp, ReplicationMessage, StandbyStatusUpdate,
+};
+
+use crate::ack::{AckError, AckGate};
+use crate::error::ReplicationError;
+use crate::names::SlotName;
+use crate::wire::{server_error, Backend, Wire};
+
+/// What START_REPLICATION needs.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// The slot to stream from.
+    pub slot: SlotName,
+    /// Publications whose changes we want.
+    pub publications: Vec<String>,
+    /// Keep `0/0`: the server then starts at the slot's `confirmed_flush_lsn`.
+    /// A higher value makes it skip every transaction committed below it
+    /// (research rule 0.7).
+    pub start_lsn: Lsn,
+    /// How often to send a status update without being asked.
+    pub status_interval: Duration,
+    /// Decoded messages buffered between the socket and the consumer.
+    pub channel_capacity: usize,
+}
+
+impl StartOptions {
+    /// Options with the safe defaults: start at `0/0`, status every second.
+    pub fn new<P: Into<String>>(
+        slot: SlotName,
+        publications: impl IntoIterator<Item = P>,
+    ) -> StartOptions {
+        StartOptions {
+            slot,
+            publications: publications.into_iter().map(Into::into).collect(),
+            start_lsn: Lsn::INVALID,
+            status_interval: Duration::from_secs(1),
+            channel_capacity: 1024,
+        }
+    }
+}
+
+/// One decoded pgoutput message with its XLogData positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEvent {
+    /// XLogData `dataStart`: not unique, never a resume position (research 3.4).
+    pub wal_start: Lsn,
+    /// XLogData `walEnd`.
+    pub wal_end: Lsn,
+    /// The message.
+    pub message: LogicalMessage,
+}
+
+/// Positions as last reported (or about to be reported) to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Furthest position received.
+    pub received: Lsn,
+    /// Furthest position confirmed as done.
+    pub flushed: Lsn,
+}
+
+struct Shared {
+    gate: Mutex<AckGate>,
+    acked: Notify,
+}
+
+impl Shared {
+    fn gate(&self) -> MutexGuard<'_, AckGate> {
+        // A panic while holding this lock cannot leave the gate half-updated
+        // in a way that matters (every method updates one field last), so a
+        // poisoned lock is still usable.
+        self.gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Lets the consumer report finished work; cheap to clone and `Send`.
+#[derive(Clone)]
+pub struct Acker {
+    shared: Arc<Shared>,
+}
+
+impl Acker {
+    /// The transaction ending at `end_lsn`, and every one received before
+    /// it, is fully applied. See [`AckGate::commit_done`].
+    pub fn commit_done(&self, end_lsn: Lsn) -> Result<Lsn, AckError> {
+        let flushed = self.shared.gate().commit_done(end_lsn)?;
+        self.shared.acked.notify_one();
+        Ok(flushed)
+    }
+
+    /// The standalone logical message at `lsn` is handled.
+    pub fn message_done(&self, lsn: Lsn) -> Result<(), AckError> {
+        self.shared.gate().message_done(lsn)
+    }
+
+    /// Current received and flushed positions.
+    pub fn progress(&self) -> Progress {
+        let gate = self.shared.gate();
+        Progress {
+            received: gate.last_received(),
+            flushed: gate.flush(),
+        }
+    }
+}
+
+/// A running logical replication stream.
+pub struct ReplicationStream {
+    events: mpsc::Receiver<Result<StreamEvent, ReplicationError>>,
+    acker: Acker,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ReplicationError>>,
+}
+
+impl ReplicationStream {
+    pub(crate) fn spawn(wire: Wire, options: StartOptions) -> ReplicationStream {
+        let shared = Arc::new(Shared {
+            gate: Mutex::new(AckGate::new()),
+            acked: Notify::new(),
+        });
+        let (events_tx, events) = mpsc::channel(options.channel_capacity.max(1));
+        let (stop, stop_rx) = oneshot::channel();
+        let pump = Pump {
+            wire,
+            shared: Arc::clone(&shared),
+            events: events_tx,
+            decoder: Decoder::new(),
+            status_interval: options.status_interval,
+        };
+        ReplicationStream {
+            events,
+            acker: Acker { shared },
+            stop: Some(stop),
+            task: tokio::spawn(pump.run(stop_rx)),
+        }
+    }
+
+    /// The next decoded message; an error ends the stream (reconnect from 0/0).
+    /// `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, ReplicationError>> {
+        self.events.recv().await
+    }
+
+    /// A handle to report finished work.
+    pub fn acker(&self) -> Acker {
+        self.acker.clone()
+    }
+
+    /// Sends a last status update, then CopyDone, and waits for the server
+    /// to end the stream. Messages not yet acknowledged will be sent again by
+    /// the next START_REPLICATION.
+    pub async fn stop(mut self) -> Result<(), ReplicationError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.events.close();
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => Err(ReplicationError::Protocol(format!(
+                "replication task failed: {join}"
+            ))),
+        }
+    }
+}
+
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        // Without stop(), the connection just goes away: nothing unacknowledged
+        // was confirmed, so nothing is lost.
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+/// The task's state: the socket, the ack gate and the consumer's channel.
+struct Pump {
+    wire: Wire,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Result<StreamEvent, ReplicationError>>,
+    decoder: Decoder,
+    status_interval: Duration,
+}
+
+impl Pump {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<(), ReplicationError> {
+        let result = self.pump(&mut stop).await;
+        match result {
+            Ok(()) => self.finish().await,
+            Err(error) => {
+                // The consumer learns why the stream ended; the task's own
+                // result is for stop().
+                let summary = error.to_string();
+                let _ = self.events.send(Err(error)).await;
+                Err(ReplicationError::Protocol(format!(
+                    "stream ended: {summary}"
+                )))
+            }
+        }
+    }
+
+    /// Reads until asked to stop; returns Ok(()) only for a requested stop.
+    async fn pump(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<(), ReplicationError> {
+        let mut ticker = interval(self.status_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shared = Arc::clone(&self.shared);
+        loop {
+            let wake = tokio::select! {
+                _ = &mut *stop => return Ok(()),
+                _ = ticker.tick() => None,
+                _ = shared.acked.notified() => None,
+                backend = self.wire.read() => Some(backend?),
+            };
+            match wake {
+                None => self.send_status().await?,
+                Some(backend) => {
+                    if let Some(event) = self.handle(backend).await? {
+                        if !self.deliver(event, stop, &mut ticker).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one backend message; returns a decoded event for the consumer.
+    async fn handle(&mut self, backend: Backend) -> Result<Option<StreamEvent>, ReplicationError> {
+        let body = match backend {
+            Backend::Message(Message::CopyData(body)) => body.into_bytes(),
+            Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
+            Backend::Message(Message::CopyDone) => return Err(ReplicationError::Closed),
+            Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {
+                return Ok(None)
+            }
+            _ => {
+                return Err(ReplicationError::Protocol(
+                    "unexpected message inside the CopyBoth stream".into(),
+                ))
+            }
+        };
+        match ReplicationMessage::parse(body)? {
+            ReplicationMessage::PrimaryKeepalive(keepalive) => {
+                self.shared.gate().keepalive(keepalive.wal_end);
+                if keepalive.reply_requested {
+                    self.send_status().await?;
+                }
+                Ok(None)
+            }
+            ReplicationMessage::XLogData(x) => {
+                let message = self.decoder.decode(x.data)?;
+                reject_unnegotiated(&message)?;
+                Ok(Some(StreamEvent {
+                    wal_start: x.wal_start,
+                    wal_end: x.wal_end,
+                    message,
+                }))
+            }
+        }
+    }
+
+    /// Queues an event for the consumer, recording it in the gate at the same
+    /// moment. While the channel is full, keeps sending status updates.
+    /// Returns false when the stream should stop instead (stop requested or
+    /// the consumer went away).
+    async fn deliver(
+        &mut self,
+        event: StreamEvent,
+        stop: &mut oneshot::Receiver<()>,
+        ticker: &mut tokio::time::Interval,
+    ) -> Result<bool, ReplicationError> {
+        let events = self.events.clone();
+        loop {
+            let permit = tokio::select! {
+                permit = events.reserve() => permit,
+                _ = ticker.tick() => {
+                    self.send_status().await?;
+                    continue;
+                }
+                _ = &mut *stop => return Ok(false),
+            };
+            let Ok(permit) = permit else {
+                // The consumer dropped its receiver: nothing more to deliver.
+                return Ok(false);
+            };
+            self.shared
+                .gate()
+                .received(&event.message, event.wal_end)
+                .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
+            permit.send(Ok(event));
+            return Ok(true);
+        }
+    }
+
+    /// Sends `r` with write = last received, flush = apply = last durable.
+    async fn send_status(&mut self) -> Result<(), ReplicationError> {
+        let (write, flush) = {
+            let gate = self.shared.gate();
+            (gate.last_received(), gate.flush())
+        };
+        let update = StandbyStatusUpdate {
+            write,
+            flush,
+            apply: flush,
+            send_time: PgTimestamp::now(),
+            reply_requested: false,
+        };
+        let mut buf = BytesMut::new();
+        frontend::CopyData::new(update.encode())
+            .map_err(|e| ReplicationError::Protocol(format!("encoding status update: {e}")))?
+            .write(&mut buf);
+        self.wire.send(&buf).await
+    }
+
+    /// A requested stop: last status, CopyDone, then drain until the server
+    /// closes the copy (messages arriving meanwhile are dropped unacknowledged).
+    async fn finish(&mut self) -> Result<(), ReplicationError> {
+        self.send_status().await?;
+        let mut buf = BytesMut::new();
+        frontend::copy_done(&mut buf);
+        self.wire.send(&buf).await?;
+        let drain = async {
+            loop {
+                match self.wire.read().await {
+                    Ok(Backend::Message(Message::ReadyForQuery(_))) => return Ok(()),
+                    Ok(Backend::Message(Message::ErrorResponse(body))) => {
+                        return Err(server_error(&body))
+                    }
+                    Ok(_) => {}
+                    Err(ReplicationError::Closed) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .map_err(|_| {
+                ReplicationError::Protocol("server did not end the copy within 10 s".into())
+            })??;
+        buf.clear();
+        frontend::terminate(&mut buf);
+        let _ = self.wire.send(&buf).await;
+        Ok(())
+    }
+}
+
+/// We never ask for streaming or two-phase; if such messages arrive anyway
+/// (a slot whose two_phase was flipped, research 4.7), stop rather than
+/// apply changes at PREPARE time or skip them.
+fn reject_unnegotiated(message: &LogicalMessage) -> Result<(), ReplicationError> {
+    match message {
+        LogicalMessage::BeginPrepare(_)
+        | LogicalMessage::Prepare(_)
+        | LogicalMessage::CommitPrepared(_)
+        | LogicalMessage::RollbackPrepared(_)
+        | LogicalMessage::StreamPrepare(_) => Err(ReplicationError::Protocol(format!(
+            "two-phase message '{}' on a session that did not negotiate two_phase: \
+             the slot's two_phase flag was turned on; drop and re-create the slot",
+            char::from(message.tag())
+        ))),
+        LogicalMessage::StreamStart(_)
+        | LogicalMessage::StreamStop
+        | LogicalMessage::StreamCommit(_)
+        | LogicalMessage::StreamAbort(_) => Err(ReplicationError::Protocol(format!(
+            "streaming message '{}' on a session that did not negotiate streaming",
+            char::from(message.tag())
+        ))),
+        _ => Ok(()),
+    }
+}
