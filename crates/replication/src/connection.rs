@@ -11,6 +11,7 @@ use cm_pgoutput::Lsn;
 use crate::auth::startup;
 use crate::config::ReplicationConfig;
 use crate::error::{ReplicationError, SQLSTATE_UNDEFINED_OBJECT};
+use crate::inspect::{slot_query, verify_slot, SlotInfo};
 use crate::names::{quote_literal, SlotName};
 use crate::stream::{ReplicationStream, StartOptions};
 use crate::wire::{server_error, Backend, Wire};
@@ -153,12 +154,48 @@ impl ReplicationConnection {
         }
     }
 
-    /// START_REPLICATION SLOT ... LOGICAL: switches the connection to CopyBoth
-    /// and hands it to a [`ReplicationStream`].
+    /// Checks the slot and publications over this connection (the walsender
+    /// accepts plain SQL in database mode): see [`crate::inspect::check_before_streaming`].
+    pub async fn check_slot(
+        &mut self,
+        slot: &SlotName,
+        publications: &[String],
+    ) -> Result<SlotInfo, ReplicationError> {
+        let rows = self
+            .simple_query(&slot_query(&quote_literal(slot.as_str())))
+            .await?;
+        let info = rows
+            .first()
+            .map(|row| SlotInfo::from_text(row))
+            .transpose()?;
+        let dbname_rows = self.simple_query("SELECT current_database()").await?;
+        let dbname = dbname_rows
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .unwrap_or_default();
+        let mut missing = Vec::new();
+        for publication in publications {
+            let sql = format!(
+                "SELECT 1 FROM pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            );
+            if self.simple_query(&sql).await?.is_empty() {
+                missing.push(publication.clone());
+            }
+        }
+        verify_slot(slot, info, &dbname, &missing)
+    }
+
+    /// START_REPLICATION SLOT ... LOGICAL: refuses a slot that fails
+    /// [`Self::check_slot`] (two_phase on, invalidated, wrong plugin or
+    /// database, missing publication), then switches the connection to
+    /// CopyBoth and hands it to a [`ReplicationStream`].
     pub async fn start_replication(
         mut self,
         options: StartOptions,
     ) -> Result<ReplicationStream, ReplicationError> {
+        self.check_slot(&options.slot, &options.publications)
+            .await?;
         let sql = start_command(&options, self.server_major_version());
         let mut buf = BytesMut::new();
         frontend::query(&sql, &mut buf)

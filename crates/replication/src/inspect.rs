@@ -48,43 +48,61 @@ impl SlotInfo {
     }
 }
 
-/// Reads the slot's row; `None` when there is no such slot. Columns that only
-/// newer versions have are read through `to_jsonb`, so one query serves all.
+/// The columns of `pg_replication_slots` we read, all as text so one parser
+/// serves tokio-postgres and the replication connection's simple queries.
+/// Columns only newer versions have are read through `to_jsonb`, so one query
+/// serves all versions.
+const SLOT_COLUMNS: &str = "plugin::text, database::text, active_pid::text, wal_status, \
+     two_phase::text, to_jsonb(s) ->> 'conflicting', to_jsonb(s) ->> 'invalidation_reason', \
+     confirmed_flush_lsn::text, restart_lsn::text";
+
+/// The slot query with `slot` as the parameter or literal to compare with.
+pub(crate) fn slot_query(slot: &str) -> String {
+    format!("SELECT {SLOT_COLUMNS} FROM pg_replication_slots s WHERE slot_name = {slot}")
+}
+
+impl SlotInfo {
+    /// Builds the row from the text values of [`slot_query`].
+    pub(crate) fn from_text(row: &[Option<String>]) -> Result<SlotInfo, ReplicationError> {
+        let text = |i: usize| row.get(i).cloned().flatten();
+        let parsed = |i: usize, what: &str| -> Result<Option<Lsn>, ReplicationError> {
+            text(i)
+                .map(|t| {
+                    t.parse()
+                        .map_err(|e| ReplicationError::Protocol(format!("slot {what}: {e}")))
+                })
+                .transpose()
+        };
+        let boolean = |i: usize| text(i).map(|t| t == "t" || t == "true");
+        Ok(SlotInfo {
+            plugin: text(0),
+            database: text(1),
+            active_pid: text(2).and_then(|t| t.parse().ok()),
+            wal_status: text(3),
+            two_phase: boolean(4).unwrap_or(false),
+            conflicting: boolean(5),
+            invalidation_reason: text(6),
+            confirmed_flush_lsn: parsed(7, "confirmed_flush_lsn")?,
+            restart_lsn: parsed(8, "restart_lsn")?,
+        })
+    }
+}
+
+/// Reads the slot's row; `None` when there is no such slot.
 pub async fn slot_info(
     client: &Client,
     slot: &SlotName,
 ) -> Result<Option<SlotInfo>, ReplicationError> {
     let row = client
-        .query_opt(
-            "SELECT plugin::text, database::text, active_pid, wal_status, two_phase,
-                    (to_jsonb(s) ->> 'conflicting')::bool,
-                    to_jsonb(s) ->> 'invalidation_reason',
-                    confirmed_flush_lsn::text, restart_lsn::text
-             FROM pg_replication_slots s WHERE slot_name = $1",
-            &[&slot.as_str()],
-        )
+        .query_opt(&slot_query("$1"), &[&slot.as_str()])
         .await?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let lsn = |text: Option<String>| -> Result<Option<Lsn>, ReplicationError> {
-        text.map(|t| {
-            t.parse()
-                .map_err(|e| ReplicationError::Protocol(format!("slot LSN: {e}")))
-        })
-        .transpose()
-    };
-    Ok(Some(SlotInfo {
-        plugin: row.try_get(0)?,
-        database: row.try_get(1)?,
-        active_pid: row.try_get(2)?,
-        wal_status: row.try_get(3)?,
-        two_phase: row.try_get::<_, Option<bool>>(4)?.unwrap_or(false),
-        conflicting: row.try_get(5)?,
-        invalidation_reason: row.try_get(6)?,
-        confirmed_flush_lsn: lsn(row.try_get(7)?)?,
-        restart_lsn: lsn(row.try_get(8)?)?,
-    }))
+    let values = (0..row.len())
+        .map(|i| row.try_get::<_, Option<String>>(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    SlotInfo::from_text(&values).map(Some)
 }
 
 /// Whether a publication exists in the connected database.
@@ -119,21 +137,38 @@ pub async fn create_publication_for_all_tables(
 /// Everything that must hold before START_REPLICATION: the slot exists, is a
 /// pgoutput slot of this database, is not invalidated, has two_phase off, and
 /// every publication exists. Returns the slot's row.
+/// [`crate::ReplicationConnection::start_replication`] runs the same checks.
 pub async fn check_before_streaming(
     client: &Client,
     slot: &SlotName,
     publications: &[String],
 ) -> Result<SlotInfo, ReplicationError> {
-    let info = slot_info(client, slot)
-        .await?
-        .ok_or_else(|| ReplicationError::SlotMissing {
-            slot: slot.to_string(),
-        })?;
+    let info = slot_info(client, slot).await?;
     let dbname: String = client
         .query_one("SELECT current_database()::text", &[])
         .await?
         .try_get(0)?;
-    if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(&dbname) {
+    let mut missing = Vec::new();
+    for publication in publications {
+        if !publication_exists(client, publication).await? {
+            missing.push(publication.clone());
+        }
+    }
+    verify_slot(slot, info, &dbname, &missing)
+}
+
+/// The verdict on a slot's row, the connected database and the publications
+/// found missing.
+pub(crate) fn verify_slot(
+    slot: &SlotName,
+    info: Option<SlotInfo>,
+    dbname: &str,
+    missing_publications: &[String],
+) -> Result<SlotInfo, ReplicationError> {
+    let info = info.ok_or_else(|| ReplicationError::SlotMissing {
+        slot: slot.to_string(),
+    })?;
+    if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(dbname) {
         return Err(ReplicationError::SlotMismatch {
             slot: slot.to_string(),
             found: format!(
@@ -153,12 +188,10 @@ pub async fn check_before_streaming(
             slot: slot.to_string(),
         });
     }
-    for publication in publications {
-        if !publication_exists(client, publication).await? {
-            return Err(ReplicationError::PublicationMissing {
-                publication: publication.clone(),
-            });
-        }
+    if let Some(publication) = missing_publications.first() {
+        return Err(ReplicationError::PublicationMissing {
+            publication: publication.clone(),
+        });
     }
     Ok(info)
 }
