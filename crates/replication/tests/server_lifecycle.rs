@@ -137,3 +137,30 @@ async fn fast_shutdown_is_not_delayed_and_streaming_resumes_after_restart() {
     }
     stream.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_invalidated_slot_is_refused_as_lost() {
+    let pg =
+        TestPostgres::start_with(PgCluster::builder().setting("max_slot_wal_keep_size", "1MB"))
+            .unwrap();
+    let slot = setup(&pg).await;
+    // Move WAL several segments past the slot, then checkpoint: the slot's
+    // restart_lsn falls out of max_slot_wal_keep_size and it is invalidated.
+    for round in 0..4 {
+        pg.psql(&format!(
+            "INSERT INTO item SELECT g, 'x' FROM generate_series({0} * 1000 + 1, {0} * 1000 + 1000) g;
+             SELECT pg_switch_wal();",
+            round
+        ))
+        .unwrap();
+    }
+    pg.psql("CHECKPOINT;").unwrap();
+    let conn = ReplicationConnection::connect(&config(&pg)).await.unwrap();
+    let err = conn
+        .start_replication(cm_replication::StartOptions::new(slot, [PUBLICATION]))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ReplicationError::SlotLost { .. }), "{err}");
+    assert!(err.to_string().contains("flush the whole cache"), "{err}");
+}
