@@ -1,0 +1,53 @@
+//! Cache backends for the query cache: the [`CacheStore`] trait and its two
+//! implementations, [`MemcachedStore`] (one or many memcached servers) and
+//! [`MemoryStore`] (in-process, for the embedded mode and tests).
+//!
+//! The reader and the invalidator both hold a store (as
+//! `Arc<dyn CacheStore>`). The reader's hit is one [`CacheStore::get_many`]
+//! of the result, the epoch, the heartbeat and the table generations; its
+//! miss takes a lease ([`CacheStore::get_with_lease`]), registers the result
+//! in flush lists ([`CacheStore::append_to_flush_lists`]) and fills it only if
+//! the lease still holds ([`CacheStore::set_if_lease_valid`]). The invalidator
+//! takes flush lists ([`CacheStore::take_flush_lists`]), deletes their members
+//! ([`CacheStore::delete_many`]), bumps generations
+//! ([`CacheStore::bump_generation`]) and writes its heartbeat.
+//!
+//! Keys are plain `&str` built by the key scheme; this crate only checks that
+//! memcached can take them ([`validate_key`]) and never sends one it cannot.
+//!
+//! # What this crate must never do
+//!
+//! * Treat a failed delete, append or bump as success. `NOT_FOUND` on a delete
+//!   is success (the key is gone); a timeout or a lost connection is an error
+//!   the caller must retry, because the invalidator must not acknowledge a
+//!   change it has not applied (research 5.7).
+//! * Route a key to a different server than another process with the same
+//!   server list would: routing is [`StableRendezvous`], a documented hash of
+//!   the key and the configured server strings, with no ejection of failed
+//!   servers and no rehashing.
+//! * Lose a flush-list member: appends are atomic server-side appends, and a
+//!   take deletes a list only if it is unchanged since it was read.
+//! * Let a vanished generation read as a match: generations start at a random
+//!   64-bit value.
+//! * Hang: every call is bounded by the configured timeout.
+
+mod error;
+mod flush_list;
+mod generation;
+mod key;
+mod memcached;
+mod memory;
+mod store;
+mod ttl;
+
+pub use error::{KeyProblem, StoreError};
+pub use flush_list::MEMBER_DELIMITER;
+pub use generation::Generation;
+pub use key::{validate_key, MAX_KEY_LEN};
+pub use memcached::{
+    fnv1a64, MemcachedConfig, MemcachedStore, StableRendezvous, DEFAULT_ITEM_SIZE_LIMIT,
+    DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT, ITEM_OVERHEAD,
+};
+pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use store::{CacheStore, Item, Lease, LeaseOutcome};
+pub use ttl::MAX_TTL;

@@ -1,0 +1,172 @@
+//! [`CacheStore`]: the operations the reader and the invalidator need from a
+//! cache backend, and the values they exchange.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::generation::Generation;
+
+/// A value read from the store, with the CAS token it had when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// The item's compare-and-swap token at the time of the read.
+    pub cas: u64,
+}
+
+/// The right to fill a missing key, won by [`CacheStore::get_with_lease`].
+///
+/// It is the CAS token of the placeholder the lease created: a fill with
+/// [`CacheStore::set_if_lease_valid`] stores only while that placeholder is
+/// still there, untouched. A delete (by the invalidator) or an expiry in
+/// between voids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    cas: u64,
+}
+
+impl Lease {
+    /// A lease on the placeholder with this CAS token.
+    pub fn new(cas: u64) -> Lease {
+        Lease { cas }
+    }
+
+    /// The placeholder's CAS token.
+    pub fn cas(self) -> u64 {
+        self.cas
+    }
+}
+
+/// What a lease read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The key holds a value: serve it.
+    Hit(Vec<u8>),
+    /// The key was missing; this caller created the placeholder and must
+    /// fill it ([`CacheStore::set_if_lease_valid`]) or give it back
+    /// ([`CacheStore::release_lease`]). Also returned for a stale item whose
+    /// refresh this caller won: the stale value is then not returned.
+    Won(Lease),
+    /// Another caller holds the lease and is filling the key: go to the
+    /// source (or wait and retry); do not fill.
+    Wait,
+    /// The key holds a value marked stale (memcached `X`) while another
+    /// caller refreshes it. This crate never marks values stale itself
+    /// (invalidation deletes), so only other writers produce this.
+    Stale(Vec<u8>),
+}
+
+/// A cache backend shared by the reader and the invalidator.
+///
+/// Keys are `&str` checked by [`crate::validate_key`] before any I/O; values
+/// are bytes. Every call is bounded by the store's timeout. Usable as
+/// `Arc<dyn CacheStore>`.
+///
+/// Implementations must never report success for an operation that did not
+/// happen (a failed delete is an error, never `Ok`), and must route a key to
+/// the same place every other process using the same configuration does.
+#[async_trait]
+pub trait CacheStore: Send + Sync + std::fmt::Debug {
+    /// Reads many keys at once, in one round trip per server (pipelined).
+    /// The result has one entry per key, in order; `None` is a miss. A lease
+    /// placeholder and a value marked stale read as a miss.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, StoreError>;
+
+    /// Reads a key; on a miss, creates a placeholder that lives `lease_ttl`
+    /// and hands this caller the lease to fill it. Exactly one concurrent
+    /// caller wins; the others get [`LeaseOutcome::Wait`] until the value is
+    /// stored, the lease is released or the placeholder expires.
+    async fn get_with_lease(
+        &self,
+        key: &str,
+        lease_ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError>;
+
+    /// Stores `value` for `ttl` only if `lease` still holds: the placeholder
+    /// is still there with the lease's CAS. Returns `false` and stores
+    /// nothing when it was deleted, expired or overwritten in between; that
+    /// is how an invalidation during a fill voids the fill.
+    async fn set_if_lease_valid(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        lease: Lease,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a lease back without filling it (deletes the placeholder if it
+    /// still carries the lease's CAS), so the next reader can win at once.
+    async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError>;
+
+    /// Appends `member` to each flush list in `list_keys`, atomically per
+    /// list and pipelined across lists. A missing list is created with `ttl`;
+    /// every append also resets the list's TTL to `ttl`, so a list outlives
+    /// the members appended to it as long as every caller uses the same
+    /// flush-list TTL, at least as long as the longest result TTL.
+    async fn append_to_flush_lists(
+        &self,
+        list_keys: &[&str],
+        member: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Appends `member` to one flush list; see
+    /// [`append_to_flush_lists`](Self::append_to_flush_lists).
+    async fn append_to_flush_list(
+        &self,
+        list_key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.append_to_flush_lists(&[list_key], member, ttl).await
+    }
+
+    /// Reads and clears each flush list without losing a concurrent append:
+    /// a list is deleted only if its CAS is still the one read, and re-read
+    /// otherwise. Returns one member list per key, in order (empty for a
+    /// missing list), without duplicates.
+    ///
+    /// Every member appended before the call is returned (at least once);
+    /// an append that races the call is either returned or still in the
+    /// list afterwards. A list that keeps changing through every retry is
+    /// returned as read but not cleared, so its members may be returned
+    /// again by a later take: deleting them twice is harmless.
+    async fn take_flush_lists(&self, list_keys: &[&str]) -> Result<Vec<Vec<String>>, StoreError>;
+
+    /// Reads and clears one flush list; see
+    /// [`take_flush_lists`](Self::take_flush_lists).
+    async fn take_flush_list(&self, list_key: &str) -> Result<Vec<String>, StoreError> {
+        let mut lists = self.take_flush_lists(&[list_key]).await?;
+        Ok(lists.pop().unwrap_or_default())
+    }
+
+    /// Deletes many keys, pipelined. A key that is already missing counts as
+    /// deleted; any other failure is an error (the caller must retry and
+    /// must not acknowledge the change).
+    async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError>;
+
+    /// Reads generations in one multi-get; `None` for a missing one.
+    async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError>;
+
+    /// Returns the generation at `key`, creating it with a random value
+    /// (`add`, so concurrent creators agree on one) if it is missing.
+    /// Generations never expire on their own, but may be evicted.
+    async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError>;
+
+    /// Bumps the generation at `key` (INCR) and returns the new value. A
+    /// missing generation is created with a fresh random value instead:
+    /// either way no snapshot taken before the call matches afterwards.
+    async fn bump_generation(&self, key: &str) -> Result<Generation, StoreError>;
+
+    /// Writes the invalidator's heartbeat; read it back with
+    /// [`get_many`](Self::get_many), in the same round trip as the result.
+    async fn write_heartbeat(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+}
