@@ -1,0 +1,118 @@
+//! The values the invalidator writes and readers check, shared so both
+//! sides parse the same bytes: the heartbeat (how far invalidation has
+//! applied, and when) and the worker state (what the invalidator last
+//! streamed from).
+//!
+//! Both are short ASCII records, versioned by their first field.
+
+/// A heartbeat round trip that completed: a logical message emitted at
+/// `emitted_unix_micros` came back through the stream at `lsn`, after every
+/// transaction committed before it had been invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// LSN of the heartbeat message.
+    pub lsn: u64,
+    /// When it was emitted (microseconds since the Unix epoch). Everything
+    /// committed before this instant is invalidated; readers compare it with
+    /// their clock and `max_staleness`.
+    pub emitted_unix_micros: u64,
+    /// When the invalidator wrote it.
+    pub applied_unix_micros: u64,
+}
+
+impl Heartbeat {
+    /// `hb1 <lsn> <emitted> <applied>`.
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "hb1 {} {} {}",
+            self.lsn, self.emitted_unix_micros, self.applied_unix_micros
+        )
+        .into_bytes()
+    }
+
+    /// Parses [`Heartbeat::encode`]'s output; `None` for anything else (a
+    /// reader then treats the heartbeat as missing, i.e. too old).
+    pub fn decode(bytes: &[u8]) -> Option<Heartbeat> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split(' ');
+        if fields.next()? != "hb1" {
+            return None;
+        }
+        let heartbeat = Heartbeat {
+            lsn: fields.next()?.parse().ok()?,
+            emitted_unix_micros: fields.next()?.parse().ok()?,
+            applied_unix_micros: fields.next()?.parse().ok()?,
+        };
+        fields.next().is_none().then_some(heartbeat)
+    }
+}
+
+/// What the invalidator streams from. Persisted in the cache; when it
+/// differs at start (or is missing), LSNs may repeat or changes may have been
+/// missed, so the invalidator bumps the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerState {
+    /// IDENTIFY_SYSTEM's system identifier.
+    pub system_id: String,
+    /// IDENTIFY_SYSTEM's timeline.
+    pub timeline: u32,
+    /// The replication slot.
+    pub slot: String,
+}
+
+impl WorkerState {
+    /// `ws1 <system_id> <timeline> <slot>` (slot names have no spaces).
+    pub fn encode(&self) -> Vec<u8> {
+        format!("ws1 {} {} {}", self.system_id, self.timeline, self.slot).into_bytes()
+    }
+
+    /// Parses [`WorkerState::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Option<WorkerState> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split(' ');
+        if fields.next()? != "ws1" {
+            return None;
+        }
+        let state = WorkerState {
+            system_id: fields.next()?.to_owned(),
+            timeline: fields.next()?.parse().ok()?,
+            slot: fields.next()?.to_owned(),
+        };
+        fields.next().is_none().then_some(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_round_trips_and_rejects_other_bytes() {
+        let hb = Heartbeat {
+            lsn: 0x1548E68,
+            emitted_unix_micros: 1_795_548_472_727_565,
+            applied_unix_micros: 1_795_548_472_730_000,
+        };
+        assert_eq!(Heartbeat::decode(&hb.encode()), Some(hb));
+        for bad in [
+            &b""[..],
+            b"hb2 1 2 3",
+            b"hb1 1 2",
+            b"hb1 1 2 3 4",
+            b"hb1 x 2 3",
+        ] {
+            assert_eq!(Heartbeat::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn worker_state_round_trips() {
+        let state = WorkerState {
+            system_id: "7441403459287381234".into(),
+            timeline: 1,
+            slot: "cm_invalidator".into(),
+        };
+        assert_eq!(WorkerState::decode(&state.encode()), Some(state));
+        assert_eq!(WorkerState::decode(b"ws1 1 x slot"), None);
+    }
+}
