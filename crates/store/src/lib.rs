@@ -8,9 +8,11 @@
 //! miss takes a lease ([`CacheStore::get_with_lease`]), registers the result
 //! in flush lists ([`CacheStore::append_to_flush_lists`]) and fills it only if
 //! the lease still holds ([`CacheStore::set_if_lease_valid`]). The invalidator
-//! takes flush lists ([`CacheStore::take_flush_lists`]), deletes their members
-//! ([`CacheStore::delete_many`]), bumps generations
-//! ([`CacheStore::bump_generation`]) and writes its heartbeat.
+//! reads flush lists ([`CacheStore::read_flush_lists`]), deletes their members
+//! ([`CacheStore::delete_many`]), then clears each list only if it is
+//! unchanged since the read ([`CacheStore::clear_flush_lists_if_unchanged`]),
+//! bumps generations ([`CacheStore::bump_generation`]) and writes its
+//! heartbeat.
 //!
 //! Keys are plain `&str` built by the key scheme; this crate only checks that
 //! memcached can take them ([`validate_key`]) and never sends one it cannot.
@@ -26,7 +28,11 @@
 //!   the key and the configured server strings, with no ejection of failed
 //!   servers and no rehashing.
 //! * Lose a flush-list member: appends are atomic server-side appends, and a
-//!   take deletes a list only if it is unchanged since it was read.
+//!   list is cleared only if it is unchanged since it was read (its CAS).
+//! * Clear a flush list before its members are deleted: there is no
+//!   read-and-clear call. The caller deletes the members between the read
+//!   and the clear, so a worker that dies in between leaves the list, with
+//!   every member, for the replayed transaction to find again.
 //! * Let a vanished generation read as a match: generations start at a random
 //!   64-bit value.
 //! * Hang: every call is bounded by the configured timeout.
@@ -49,5 +55,5 @@ pub use memcached::{
     DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT, ITEM_OVERHEAD,
 };
 pub use memory::{MemoryStore, MemoryStoreConfig};
-pub use store::{CacheStore, Item, Lease, LeaseOutcome};
+pub use store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use ttl::MAX_TTL;

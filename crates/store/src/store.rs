@@ -40,6 +40,19 @@ impl Lease {
     }
 }
 
+/// A flush list as read by [`CacheStore::read_flush_lists`]: what to delete,
+/// and the CAS to clear the list with once that is done
+/// ([`CacheStore::clear_flush_lists_if_unchanged`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushListSnapshot {
+    /// The distinct members, in first-appended order; empty for a missing
+    /// list.
+    pub members: Vec<String>,
+    /// The list's CAS token at the time of the read; `None` when the list
+    /// does not exist (there is then nothing to clear).
+    pub cas: Option<u64>,
+}
+
 /// What a lease read found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
@@ -124,23 +137,59 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
         self.append_to_flush_lists(&[list_key], member, ttl).await
     }
 
-    /// Reads and clears each flush list without losing a concurrent append:
-    /// a list is deleted only if its CAS is still the one read, and re-read
-    /// otherwise. Returns one member list per key, in order (empty for a
-    /// missing list), without duplicates.
+    /// Reads flush lists without changing them, in one round trip per
+    /// server (pipelined). Returns one [`FlushListSnapshot`] per key, in
+    /// order: the list's members (without duplicates) and its CAS, or no
+    /// members and `cas: None` for a missing list.
     ///
-    /// Every member appended before the call is returned (at least once);
-    /// an append that races the call is either returned or still in the
-    /// list afterwards. A list that keeps changing through every retry is
-    /// returned as read but not cleared, so its members may be returned
-    /// again by a later take: deleting them twice is harmless.
-    async fn take_flush_lists(&self, list_keys: &[&str]) -> Result<Vec<Vec<String>>, StoreError>;
+    /// The first half of emptying a list; see
+    /// [`clear_flush_lists_if_unchanged`](Self::clear_flush_lists_if_unchanged)
+    /// for the whole protocol.
+    async fn read_flush_lists(
+        &self,
+        list_keys: &[&str],
+    ) -> Result<Vec<FlushListSnapshot>, StoreError>;
 
-    /// Reads and clears one flush list; see
-    /// [`take_flush_lists`](Self::take_flush_lists).
-    async fn take_flush_list(&self, list_key: &str) -> Result<Vec<String>, StoreError> {
-        let mut lists = self.take_flush_lists(&[list_key]).await?;
+    /// Reads one flush list; see [`read_flush_lists`](Self::read_flush_lists).
+    async fn read_flush_list(&self, list_key: &str) -> Result<FlushListSnapshot, StoreError> {
+        let mut lists = self.read_flush_lists(&[list_key]).await?;
         Ok(lists.pop().unwrap_or_default())
+    }
+
+    /// Deletes each flush list only if its CAS is still the one given (read
+    /// by [`read_flush_lists`](Self::read_flush_lists)), pipelined. Returns
+    /// one flag per list, in order: `true` when the list was deleted or was
+    /// already gone, `false` when it changed since the read (an append) and
+    /// was left in place.
+    ///
+    /// Emptying a list safely takes three steps, in this order:
+    ///
+    /// 1. read it ([`read_flush_lists`](Self::read_flush_lists));
+    /// 2. delete its members ([`delete_many`](Self::delete_many));
+    /// 3. clear it with the CAS from step 1 (this call).
+    ///
+    /// A crash before step 3 leaves the list, with every member, for the
+    /// replay to find again; a crash after it loses nothing, because the
+    /// members are already gone. On `false` the caller reads again, deletes
+    /// the new members and retries; it may also give up and leave the list
+    /// in place: its members are only ever deleted again, which is
+    /// harmless. Never clear a list whose members have not been deleted.
+    async fn clear_flush_lists_if_unchanged(
+        &self,
+        lists: &[(&str, u64)],
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Clears one flush list if unchanged; see
+    /// [`clear_flush_lists_if_unchanged`](Self::clear_flush_lists_if_unchanged).
+    async fn clear_flush_list_if_unchanged(
+        &self,
+        list_key: &str,
+        cas: u64,
+    ) -> Result<bool, StoreError> {
+        let mut cleared = self
+            .clear_flush_lists_if_unchanged(&[(list_key, cas)])
+            .await?;
+        Ok(cleared.pop().unwrap_or(false))
     }
 
     /// Deletes many keys, pipelined. A key that is already missing counts as

@@ -86,9 +86,26 @@ async fn unresponsive_server_times_out() {
         elapsed >= timeout && elapsed < timeout * 5,
         "took {elapsed:?}"
     );
-    let result = store.take_flush_list("f:1").await;
+    let result = store.read_flush_list("f:1").await;
     assert!(
-        matches!(result, Err(StoreError::Timeout { .. })),
+        matches!(
+            result,
+            Err(StoreError::Timeout {
+                operation: "read_flush_lists",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    let result = store.clear_flush_list_if_unchanged("f:1", 7).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Timeout {
+                operation: "clear_flush_lists_if_unchanged",
+                ..
+            })
+        ),
         "{result:?}"
     );
     drop(listener);
@@ -191,8 +208,23 @@ async fn operations_span_servers_and_a_down_server_fails_loudly() {
         .append_to_flush_lists(&refs, "cm:q:r", TTL)
         .await
         .unwrap();
-    let taken = store.take_flush_lists(&refs).await.unwrap();
-    assert!(taken.iter().all(|members| members == &["cm:q:r"]));
+    let read = store.read_flush_lists(&refs).await.unwrap();
+    assert!(read.iter().all(|snapshot| snapshot.members == ["cm:q:r"]));
+    let clears: Vec<(&str, u64)> = refs
+        .iter()
+        .zip(&read)
+        .map(|(&list, snapshot)| (list, snapshot.cas.unwrap()))
+        .collect();
+    assert_eq!(
+        store.clear_flush_lists_if_unchanged(&clears).await.unwrap(),
+        vec![true; lists.len()]
+    );
+    assert!(store
+        .read_flush_lists(&refs)
+        .await
+        .unwrap()
+        .iter()
+        .all(|snapshot| snapshot.cas.is_none()));
 
     // Stop the second server: its keys fail, they do not move to the first.
     let dead = servers[1].addr();

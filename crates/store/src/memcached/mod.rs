@@ -8,8 +8,9 @@
 //! and exchanged concurrently (one round trip in total); per-server
 //! connection pools; connect and I/O deadlines; the [`memcache::exp::Router`]
 //! plug point. What this module adds: key and value checks before any I/O,
-//! the stable routing function ([`StableRendezvous`]), the CAS loops for
-//! flush lists and generations, and one timeout around each whole call.
+//! the stable routing function ([`StableRendezvous`]), the retry loops for
+//! flush-list appends and generations, the compare-and-delete that clears a
+//! flush list only if unchanged, and one timeout around each whole call.
 
 mod errors;
 mod flush_lists;
@@ -26,7 +27,7 @@ use memcache::exp::{AsyncMetaClient, Operation};
 
 use crate::error::StoreError;
 use crate::generation::Generation;
-use crate::store::{CacheStore, Item, Lease, LeaseOutcome};
+use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 use errors::map_error;
 pub use router::{fnv1a64, StableRendezvous};
 
@@ -98,7 +99,8 @@ impl MemcachedConfig {
 /// | `set_if_lease_valid` | `ms <k> T<ttl> C<lease cas>`: `HD` stored; `NF`/`EX` (deleted, expired, replaced) store nothing |
 /// | `release_lease` | `md <k> C<lease cas>` |
 /// | `append_to_flush_lists` | `ms <f> MA N<ttl>` + `mg <f> T<ttl>`; on `NS` (no list, on a memcached without append vivify such as 1.6.18) `ms <f> ME T<ttl>`, then append again |
-/// | `take_flush_lists` | `mg <f> v c`, then `md <f> C<cas>`; `EX` (a concurrent append) → read again |
+/// | `read_flush_lists` | `mg <f> v c` pipelined; `EN` → no list (`cas: None`) |
+/// | `clear_flush_lists_if_unchanged` | `md <f> C<cas>` pipelined; `HD`/`NF` → `true`, `EX` (changed since the read) → `false` |
 /// | `delete_many` | `md <k>` pipelined; `NF` counts as deleted |
 /// | `create_generation_if_missing` | `ms <g> ME` (add, no TTL) with a random number; `NS` → `mg <g> v` |
 /// | `bump_generation` | `ma <g> v`; `NF` → add a random number; lost that race → `ma` again |
@@ -265,9 +267,23 @@ impl CacheStore for MemcachedStore {
         .await
     }
 
-    async fn take_flush_lists(&self, list_keys: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
-        self.bounded("take_flush_lists", self.take_flush_lists_now(list_keys))
+    async fn read_flush_lists(
+        &self,
+        list_keys: &[&str],
+    ) -> Result<Vec<FlushListSnapshot>, StoreError> {
+        self.bounded("read_flush_lists", self.read_flush_lists_now(list_keys))
             .await
+    }
+
+    async fn clear_flush_lists_if_unchanged(
+        &self,
+        lists: &[(&str, u64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.bounded(
+            "clear_flush_lists_if_unchanged",
+            self.clear_flush_lists_if_unchanged_now(lists),
+        )
+        .await
     }
 
     async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use crate::flush_list::{decode_members, encode_member};
 use crate::generation::Generation;
 use crate::key::{validate_key, validate_keys, validate_value};
 use crate::memcached::{DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD};
-use crate::store::{CacheStore, Item, Lease, LeaseOutcome};
+use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 use crate::ttl::effective_ttl;
 use table::Table;
 
@@ -185,20 +185,47 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn take_flush_lists(&self, list_keys: &[&str]) -> Result<Vec<Vec<String>>, StoreError> {
+    async fn read_flush_lists(
+        &self,
+        list_keys: &[&str],
+    ) -> Result<Vec<FlushListSnapshot>, StoreError> {
         validate_keys(list_keys)?;
         let now = Instant::now();
         let mut table = self.lock();
-        // Read and delete under one lock: no append can fall in between, so
-        // no CAS loop is needed here.
         Ok(list_keys
             .iter()
             .map(|list| match table.get(list, now) {
-                Some(_) => table
-                    .remove(list)
-                    .map(|entry| decode_members(&entry.value))
-                    .unwrap_or_default(),
-                None => Vec::new(),
+                Some(entry) => FlushListSnapshot {
+                    members: decode_members(&entry.value),
+                    cas: Some(entry.cas),
+                },
+                None => FlushListSnapshot::default(),
+            })
+            .collect())
+    }
+
+    async fn clear_flush_lists_if_unchanged(
+        &self,
+        lists: &[(&str, u64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        for &(list, _) in lists {
+            validate_key(list)?;
+        }
+        let now = Instant::now();
+        let mut table = self.lock();
+        Ok(lists
+            .iter()
+            .map(|&(list, cas)| match table.get(list, now) {
+                // Every append gives the list a new CAS: a match means
+                // nothing was appended since the read.
+                Some(entry) if entry.cas == cas => {
+                    table.remove(list);
+                    true
+                }
+                // Changed since the read: left in place.
+                Some(_) => false,
+                // Already gone (expired, evicted, cleared by someone else).
+                None => true,
             })
             .collect())
     }

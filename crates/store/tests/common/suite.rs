@@ -5,8 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_store::{CacheStore, Generation, LeaseOutcome, StoreError};
-use tokio::sync::Mutex;
+use cm_store::{CacheStore, FlushListSnapshot, Generation, LeaseOutcome, StoreError};
 
 use super::Harness;
 
@@ -222,48 +221,69 @@ pub async fn concurrent_appends_all_survive(h: &Harness) {
     for task in tasks {
         task.await.unwrap();
     }
-    let members: HashSet<String> = h
-        .store
-        .take_flush_list(&list)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let snapshot = h.store.read_flush_list(&list).await.unwrap();
+    let members: HashSet<String> = snapshot.members.into_iter().collect();
     assert_eq!(members.len(), 1000);
     for t in 0..50 {
         for i in 0..20 {
             assert!(members.contains(&format!("{}:q:{t}-{i}", h.prefix)));
         }
     }
-    assert!(h.store.take_flush_list(&list).await.unwrap().is_empty());
+    let cas = snapshot.cas.expect("the list exists");
+    assert!(h
+        .store
+        .clear_flush_list_if_unchanged(&list, cas)
+        .await
+        .unwrap());
+    assert_eq!(
+        h.store.read_flush_list(&list).await.unwrap(),
+        FlushListSnapshot::default()
+    );
 }
 
-/// Every appended member is either in some take's result or still in the
-/// list afterwards: the read-and-clear never drops a concurrent append.
-pub async fn take_racing_with_appends_loses_nothing(h: &Harness) {
+/// The invalidator's loop (read, delete the members, clear if unchanged,
+/// read again on `false`) racing 16 appenders: every appended member is
+/// either in some read result or still in the list at the end.
+pub async fn clear_racing_with_appends_loses_nothing(h: &Harness) {
     let list = h.key("f:raced");
-    let taken = Arc::new(Mutex::new(Vec::<String>::new()));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The appenders start only once the taker is running.
+    // The appenders start only once the invalidator is running.
     let start = Arc::new(tokio::sync::Barrier::new(17));
-    let taker = {
+    let invalidator = {
         let store = Arc::clone(&h.store);
         let list = list.clone();
-        let taken = Arc::clone(&taken);
         let done = Arc::clone(&done);
         let start = Arc::clone(&start);
         tokio::spawn(async move {
-            let mut takes = 0;
+            let mut read = Vec::<String>::new();
+            let (mut reads, mut cleared, mut changed) = (0, 0, 0);
             loop {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let members = store.take_flush_list(&list).await.unwrap();
-                taken.lock().await.extend(members);
-                takes += 1;
-                if takes == 1 {
+                let snapshot = store.read_flush_list(&list).await.unwrap();
+                reads += 1;
+                if reads == 1 {
                     start.wait().await;
                 }
+                // Here the invalidator deletes the members: sometimes at
+                // once, sometimes giving the appenders a chance first, so
+                // clears both fail and succeed while appends go on.
+                read.extend(snapshot.members);
+                if reads % 2 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                if let Some(cas) = snapshot.cas {
+                    if store
+                        .clear_flush_list_if_unchanged(&list, cas)
+                        .await
+                        .unwrap()
+                    {
+                        cleared += 1;
+                    } else {
+                        changed += 1;
+                    }
+                }
                 if finished {
-                    break takes;
+                    break (read, reads, cleared, changed);
                 }
                 tokio::task::yield_now().await;
             }
@@ -282,7 +302,9 @@ pub async fn take_racing_with_appends_loses_nothing(h: &Harness) {
                     .append_to_flush_list(&list, &format!("{prefix}:q:{t}-{i}"), TTL)
                     .await
                     .unwrap();
-                tokio::task::yield_now().await;
+                // A pause, so the list is sometimes quiet long enough for a
+                // clear to succeed while the appends go on.
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }));
     }
@@ -290,17 +312,20 @@ pub async fn take_racing_with_appends_loses_nothing(h: &Harness) {
         appender.await.unwrap();
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let takes = taker.await.unwrap();
-    assert!(takes >= 2);
-    let mut seen: Vec<String> = taken.lock().await.clone();
-    seen.extend(h.store.take_flush_list(&list).await.unwrap());
+    let (mut seen, reads, cleared, changed) = invalidator.await.unwrap();
+    assert!(reads >= 2);
+    eprintln!("{reads} reads, {cleared} lists cleared, {changed} changed since their read");
+    seen.extend(h.store.read_flush_list(&list).await.unwrap().members);
     let distinct: HashSet<&String> = seen.iter().collect();
-    assert_eq!(distinct.len(), 16 * 50, "appends lost");
-    // Nothing else shows up. (A member may be returned twice: a list that
-    // stays contended through every retry is returned but not cleared.)
-    for member in &distinct {
-        assert!(member.starts_with(&format!("{}:q:", h.prefix)), "{member}");
-    }
+    let expected: HashSet<String> = (0..16)
+        .flat_map(|t| (0..50).map(move |i| (t, i)))
+        .map(|(t, i)| format!("{}:q:{t}-{i}", h.prefix))
+        .collect();
+    let missing: Vec<&String> = expected.iter().filter(|m| !distinct.contains(m)).collect();
+    assert!(missing.is_empty(), "appends lost: {missing:?}");
+    // Nothing else shows up. (A member may be read more than once: a list
+    // that changed since its read stays in place and is read again.)
+    assert_eq!(distinct.len(), expected.len());
 }
 
 pub async fn append_registers_member_in_every_list(h: &Harness) {
@@ -314,37 +339,225 @@ pub async fn append_registers_member_in_every_list(h: &Harness) {
         .append_to_flush_lists(&refs(&lists[..10]), &h.key("q:other"), TTL)
         .await
         .unwrap();
-    let taken = h.store.take_flush_lists(&refs(&lists)).await.unwrap();
-    assert_eq!(taken.len(), 30);
-    for (i, members) in taken.iter().enumerate() {
+    let read = h.store.read_flush_lists(&refs(&lists)).await.unwrap();
+    assert_eq!(read.len(), 30);
+    for (i, snapshot) in read.iter().enumerate() {
         let mut expected = vec![member.clone()];
         if i < 10 {
             expected.push(h.key("q:other"));
         }
-        assert_eq!(members, &expected, "list {i}");
+        assert_eq!(snapshot.members, expected, "list {i}");
     }
+    let clears: Vec<(&str, u64)> = lists
+        .iter()
+        .zip(&read)
+        .map(|(list, snapshot)| (list.as_str(), snapshot.cas.unwrap()))
+        .collect();
+    assert_eq!(
+        h.store
+            .clear_flush_lists_if_unchanged(&clears)
+            .await
+            .unwrap(),
+        vec![true; 30]
+    );
+    assert!(h
+        .store
+        .read_flush_lists(&refs(&lists))
+        .await
+        .unwrap()
+        .iter()
+        .all(|snapshot| snapshot == &FlushListSnapshot::default()));
     h.store
         .append_to_flush_lists(&[], &member, TTL)
         .await
         .unwrap();
+    assert!(h.store.read_flush_lists(&[]).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .clear_flush_lists_if_unchanged(&[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
-pub async fn take_of_missing_list_is_empty_and_take_clears(h: &Harness) {
+/// Read, delete the members, clear: with nothing in between, the clear
+/// removes the list. A missing list reads as empty with no CAS, and clearing
+/// a list that is already gone succeeds.
+pub async fn read_then_clear_with_nothing_in_between_clears(h: &Harness) {
     let list = h.key("f:once");
-    assert!(h.store.take_flush_list(&list).await.unwrap().is_empty());
-    for _ in 0..3 {
+    assert_eq!(
+        h.store.read_flush_list(&list).await.unwrap(),
+        FlushListSnapshot {
+            members: Vec::new(),
+            cas: None
+        }
+    );
+    for member in ["q:dup", "q:dup", "q:other", "q:dup"] {
         h.store
-            .append_to_flush_list(&list, &h.key("q:dup"), TTL)
+            .append_to_flush_list(&list, &h.key(member), TTL)
             .await
             .unwrap();
     }
+    let snapshot = h.store.read_flush_list(&list).await.unwrap();
     // Duplicates collapse: deleting a key once is enough.
-    assert_eq!(
-        h.store.take_flush_list(&list).await.unwrap(),
-        [h.key("q:dup")]
-    );
-    assert!(h.store.take_flush_list(&list).await.unwrap().is_empty());
+    assert_eq!(snapshot.members, [h.key("q:dup"), h.key("q:other")]);
+    let cas = snapshot.cas.expect("the list exists");
+    // A read changes nothing.
+    assert_eq!(h.store.read_flush_list(&list).await.unwrap(), snapshot);
+    h.store.delete_many(&refs(&snapshot.members)).await.unwrap();
+    assert!(h
+        .store
+        .clear_flush_list_if_unchanged(&list, cas)
+        .await
+        .unwrap());
     assert_eq!(value_of(&*h.store, &list).await, None);
+    assert_eq!(
+        h.store.read_flush_list(&list).await.unwrap(),
+        FlushListSnapshot::default()
+    );
+    // Already gone (cleared, expired, evicted): nothing left to clear.
+    assert!(h
+        .store
+        .clear_flush_list_if_unchanged(&list, cas)
+        .await
+        .unwrap());
+}
+
+/// An append between the read and the clear: the clear answers `false` and
+/// leaves the list with the new member and the old ones; reading again and
+/// clearing with the new CAS then works. Each list of a batch is answered on
+/// its own.
+pub async fn append_between_read_and_clear_keeps_the_list(h: &Harness) {
+    let changed = h.key("f:changed");
+    let unchanged = h.key("f:unchanged");
+    let gone = h.key("f:gone");
+    let old = [h.key("q:old1"), h.key("q:old2")];
+    for member in &old {
+        h.store
+            .append_to_flush_lists(&[&changed, &unchanged, &gone], member, TTL)
+            .await
+            .unwrap();
+    }
+    let read = h
+        .store
+        .read_flush_lists(&[&changed, &unchanged, &gone])
+        .await
+        .unwrap();
+    for snapshot in &read {
+        assert_eq!(snapshot.members, old);
+    }
+    let cas: Vec<u64> = read.iter().map(|s| s.cas.unwrap()).collect();
+    // A reader registers a new result in one list; another invalidator
+    // clears a third one.
+    h.store
+        .append_to_flush_list(&changed, &h.key("q:new"), TTL)
+        .await
+        .unwrap();
+    assert!(h
+        .store
+        .clear_flush_list_if_unchanged(&gone, cas[2])
+        .await
+        .unwrap());
+    let cleared = h
+        .store
+        .clear_flush_lists_if_unchanged(&[
+            (&changed, cas[0]),
+            (&unchanged, cas[1]),
+            (&gone, cas[2]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(cleared, [false, true, true]);
+    let again = h.store.read_flush_list(&changed).await.unwrap();
+    assert_eq!(
+        again.members,
+        [old[0].clone(), old[1].clone(), h.key("q:new")]
+    );
+    let new_cas = again.cas.unwrap();
+    assert_ne!(new_cas, cas[0]);
+    // The stale CAS still does not match.
+    assert!(!h
+        .store
+        .clear_flush_list_if_unchanged(&changed, cas[0])
+        .await
+        .unwrap());
+    assert!(h
+        .store
+        .clear_flush_list_if_unchanged(&changed, new_cas)
+        .await
+        .unwrap());
+    assert_eq!(
+        h.store.read_flush_list(&changed).await.unwrap(),
+        FlushListSnapshot::default()
+    );
+    // A list cleared and recreated since the read does not match either.
+    h.store
+        .append_to_flush_list(&unchanged, &h.key("q:again"), TTL)
+        .await
+        .unwrap();
+    assert!(!h
+        .store
+        .clear_flush_list_if_unchanged(&unchanged, cas[1])
+        .await
+        .unwrap());
+    assert_eq!(
+        h.store.read_flush_list(&unchanged).await.unwrap().members,
+        [h.key("q:again")]
+    );
+}
+
+/// A worker that dies after reading (and deleting some members) but before
+/// clearing leaves every member in the list: the replay reads them again.
+pub async fn crash_between_read_and_clear_leaves_every_member(h: &Harness) {
+    let lists = [h.key("f:crash1"), h.key("f:crash2")];
+    let members: Vec<String> = (0..5).map(|i| h.key(&format!("q:crash{i}"))).collect();
+    for member in &members {
+        h.store
+            .append_to_flush_lists(&refs(&lists), member, TTL)
+            .await
+            .unwrap();
+        h.store.write_heartbeat(member, b"rows", TTL).await.unwrap();
+    }
+    let worker = {
+        let store = Arc::clone(&h.store);
+        let lists = lists.clone();
+        tokio::spawn(async move {
+            let read = store.read_flush_lists(&refs(&lists)).await.unwrap();
+            // Dies halfway through deleting the members, before any clear.
+            store
+                .delete_many(&refs(&read[0].members[..2]))
+                .await
+                .unwrap();
+            read
+        })
+    };
+    let before = worker.await.unwrap();
+    let after = h.store.read_flush_lists(&refs(&lists)).await.unwrap();
+    assert_eq!(after, before, "lists changed without a clear");
+    for snapshot in &after {
+        assert_eq!(snapshot.members, members);
+    }
+    // The replay deletes every member, then clears.
+    h.store.delete_many(&refs(&after[0].members)).await.unwrap();
+    let clears: Vec<(&str, u64)> = lists
+        .iter()
+        .zip(&after)
+        .map(|(list, snapshot)| (list.as_str(), snapshot.cas.unwrap()))
+        .collect();
+    assert_eq!(
+        h.store
+            .clear_flush_lists_if_unchanged(&clears)
+            .await
+            .unwrap(),
+        [true, true]
+    );
+    assert!(h
+        .store
+        .get_many(&refs(&members))
+        .await
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
 }
 
 /// A list's TTL restarts with every append, so it outlives its newest member.
@@ -364,11 +577,11 @@ pub async fn append_resets_the_flush_list_ttl(h: &Harness) {
     // memcached expires a 4 s item between 3 and 4 s after its write.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(
-        h.store.take_flush_list(&untouched).await.unwrap(),
-        Vec::<String>::new()
+        h.store.read_flush_list(&untouched).await.unwrap(),
+        FlushListSnapshot::default()
     );
     assert_eq!(
-        h.store.take_flush_list(&touched).await.unwrap(),
+        h.store.read_flush_list(&touched).await.unwrap().members,
         [h.key("q:a"), h.key("q:b")]
     );
 }
@@ -495,7 +708,11 @@ pub async fn invalid_keys_are_rejected(h: &Harness) {
         assert_invalid_key(s.release_lease(bad, cm_store::Lease::new(1)).await);
         assert_invalid_key(s.append_to_flush_list(bad, &good, TTL).await);
         assert_invalid_key(s.append_to_flush_list(&good, bad, TTL).await);
-        assert_invalid_key(s.take_flush_list(bad).await);
+        assert_invalid_key(s.read_flush_lists(&[&good, bad]).await);
+        assert_invalid_key(
+            s.clear_flush_lists_if_unchanged(&[(&good, 1), (bad, 1)])
+                .await,
+        );
         assert_invalid_key(s.delete_many(&[&good, bad]).await);
         assert_invalid_key(s.read_generations(&[bad]).await);
         assert_invalid_key(s.create_generation_if_missing(bad).await);
@@ -503,7 +720,18 @@ pub async fn invalid_keys_are_rejected(h: &Harness) {
         assert_invalid_key(s.write_heartbeat(bad, b"v", TTL).await);
     }
     // Nothing of a refused batch was applied: the valid list got no member.
-    assert!(s.take_flush_list(&good).await.unwrap().is_empty());
+    assert_eq!(
+        s.read_flush_list(&good).await.unwrap(),
+        FlushListSnapshot::default()
+    );
+    // ... and a refused clear cleared nothing.
+    s.append_to_flush_list(&good, &good, TTL).await.unwrap();
+    let cas = s.read_flush_list(&good).await.unwrap().cas.unwrap();
+    assert_invalid_key(
+        s.clear_flush_lists_if_unchanged(&[(&good, cas), ("bad key", cas)])
+            .await,
+    );
+    assert_eq!(s.read_flush_list(&good).await.unwrap().members, [good]);
 }
 
 pub async fn values_over_the_limit_are_rejected_and_at_the_limit_stored(h: &Harness) {
@@ -568,5 +796,8 @@ pub async fn append_to_a_full_list_is_refused_not_dropped(h: &Harness) {
         }
     }
     assert!(refused.is_some(), "appends never hit the size limit");
-    assert_eq!(h.store.take_flush_list(&list).await.unwrap(), [member]);
+    assert_eq!(
+        h.store.read_flush_list(&list).await.unwrap().members,
+        [member]
+    );
 }
