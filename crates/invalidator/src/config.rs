@@ -1,0 +1,279 @@
+//! The worker's configuration: a TOML file merged with environment variables
+//! (`CM_INVALIDATOR_` prefix, `__` between levels, e.g.
+//! `CM_INVALIDATOR_POSTGRES__URL`). Unknown keys and bad values are errors
+//! that name the key. `config/invalidator.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "CM_INVALIDATOR_";
+
+/// Everything the worker reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidatorConfig {
+    /// The database, slot and publication.
+    pub postgres: PostgresConfig,
+    /// Where the cache lives.
+    pub cache: CacheConfig,
+    /// Worker tuning.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The table mapping (`[schema.tables."schema.table"]`); parsed by
+    /// `cm-keys`, which reports its errors with their own paths.
+    #[serde(default, rename = "schema")]
+    _schema: Option<serde::de::IgnoredAny>,
+}
+
+/// `[postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string (URL or key=value); the role needs REPLICATION.
+    pub url: String,
+    /// Replication slot; lower-case letters, digits, underscores.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication the slot streams.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Tables for `setup` to publish (`schema.table`); empty means FOR ALL TABLES.
+    #[serde(default)]
+    pub publish_tables: Vec<String>,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// memcached servers, `host:port`, in the same order for every process.
+    pub servers: Vec<String>,
+    /// Key prefix shared with the readers.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Timeout of one cache call, in milliseconds.
+    #[serde(default = "default_cache_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How often to emit a heartbeat message through the WAL, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Keys one transaction may invalidate one by one; past it, the
+    /// transaction coarsens to table generations.
+    #[serde(default = "default_key_budget")]
+    pub key_budget: usize,
+    /// How often to send a status update to PostgreSQL, in milliseconds.
+    #[serde(default = "default_status_ms")]
+    pub status_interval_ms: u64,
+    /// Longest wait between retries (memcached or PostgreSQL down, slot busy), in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Transactions whose invalidations may be applied concurrently; each is
+    /// acknowledged only after it and all earlier ones are done.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `/metrics` and `/healthz`; none disables the endpoint.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// `/healthz` fails when the slot lags more than this many bytes.
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// `/healthz` fails when the last heartbeat round trip is older, in milliseconds.
+    #[serde(default = "default_max_heartbeat_age_ms")]
+    pub max_heartbeat_age_ms: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `cm_invalidator=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_slot() -> String {
+    "cm_invalidator".into()
+}
+fn default_publication() -> String {
+    "cm_invalidator".into()
+}
+fn default_prefix() -> String {
+    "cm".into()
+}
+fn default_cache_timeout_ms() -> u64 {
+    500
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_key_budget() -> usize {
+    10_000
+}
+fn default_status_ms() -> u64 {
+    1000
+}
+fn default_max_backoff_ms() -> u64 {
+    10_000
+}
+fn default_max_in_flight() -> usize {
+    32
+}
+fn default_max_lag_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_heartbeat_age_ms() -> u64 {
+    30_000
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            key_budget: default_key_budget(),
+            status_interval_ms: default_status_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            max_lag_bytes: default_max_lag_bytes(),
+            max_heartbeat_age_ms: default_max_heartbeat_age_ms(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+/// A configuration that could not be loaded, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config {source_name}: key {key}: {message}")]
+pub struct ConfigError {
+    /// The file (and environment) read.
+    pub source_name: String,
+    /// The dotted key path that was wrong (`(root)` for the whole document).
+    pub key: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl InvalidatorConfig {
+    /// The figment for a file plus the environment; callers that need other
+    /// sections of the same file (the schema mapping) extract from it too.
+    pub fn figment(file: &Path) -> Figment {
+        Figment::new()
+            .merge(Toml::file_exact(file))
+            // CM_INVALIDATOR_CONFIG names the file itself (a CLI option).
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
+    }
+
+    /// Loads and validates the configuration from `file` and the environment.
+    pub fn load(file: &Path) -> Result<InvalidatorConfig, ConfigError> {
+        Self::from_figment(&Self::figment(file), &file.display().to_string())
+    }
+
+    /// Extracts the worker's sections (the schema mapping lives under
+    /// `[schema]` and is read by `cm-keys`).
+    pub fn from_figment(figment: &Figment, source_name: &str) -> Result<Self, ConfigError> {
+        let error = |key: String, message: String| ConfigError {
+            source_name: source_name.to_owned(),
+            key,
+            message,
+        };
+        let config: InvalidatorConfig = figment
+            .extract()
+            .map_err(|e| error(key_path(&e.path), e.kind.to_string()))?;
+        config
+            .validate()
+            .map_err(|(key, message)| error(key.into(), message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.cache.servers.is_empty() {
+            return Err(("cache.servers", "needs at least one host:port".into()));
+        }
+        if let Some(bad) = self.cache.servers.iter().find(|s| !s.contains(':')) {
+            return Err(("cache.servers", format!("{bad:?} is not host:port")));
+        }
+        if self.worker.key_budget == 0 {
+            return Err(("worker.key_budget", "must be at least 1".into()));
+        }
+        if self.worker.max_in_flight == 0 {
+            return Err(("worker.max_in_flight", "must be at least 1".into()));
+        }
+        if self.worker.heartbeat_interval_ms == 0 {
+            return Err(("worker.heartbeat_interval_ms", "must be at least 1".into()));
+        }
+        cm_replication::SlotName::new(&self.postgres.slot)
+            .map_err(|e| ("postgres.slot", e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn key_path(path: &[String]) -> String {
+    if path.is_empty() {
+        "(root)".into()
+    } else {
+        path.join(".")
+    }
+}

@@ -1,0 +1,251 @@
+//! `cm-invalidator`: set up, check, run and inspect the cache invalidation worker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_postgres::{Client, NoTls};
+
+use cm_invalidator::assemble;
+use cm_invalidator::check::{cache_finding, database_findings, has_problem, render_table};
+use cm_invalidator::config::{InvalidatorConfig, LogFormat};
+use cm_invalidator::heartbeat::unix_micros_now;
+use cm_invalidator::setup;
+use cm_keys::{Heartbeat, KeySpace};
+
+/// Invalidates cached PostgreSQL query results from the WAL.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); CM_INVALIDATOR_* environment variables override it.
+    #[arg(
+        long,
+        short,
+        env = "CM_INVALIDATOR_CONFIG",
+        default_value = "config/invalidator.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the publication, then the replication slot (in that order).
+    Setup {
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check wal_level, publication, slot health, replica identities and memcached.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream changes and invalidate until SIGTERM or Ctrl-C.
+    Run,
+    /// Show slot lag, heartbeat age and the last applied position.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cm-invalidator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config = InvalidatorConfig::load(&cli.config)?;
+    init_tracing(&config);
+    let figment = InvalidatorConfig::figment(&cli.config);
+    match cli.command {
+        Command::Setup { dry_run } => run_setup(&config, dry_run).await,
+        Command::Check { json } => run_check(&config, &figment, json).await,
+        Command::Run => run_worker(config, &figment).await,
+        Command::Status { json } => run_status(&config, json).await,
+    }
+}
+
+fn init_tracing(config: &InvalidatorConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn connect(config: &InvalidatorConfig) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(&config.postgres.url, NoTls)
+        .await
+        .context("connecting to postgres.url")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("postgres connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+async fn run_setup(config: &InvalidatorConfig, dry_run: bool) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let steps = setup::plan(&client, config).await?;
+    if steps.is_empty() {
+        println!("nothing to do: publication and slot exist");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for step in &steps {
+        println!(
+            "{}{step}",
+            if dry_run { "would run: " } else { "running: " }
+        );
+    }
+    if !dry_run {
+        setup::apply(&client, config, &steps).await?;
+        println!("done; `cm-invalidator run` flushes the cache (epoch bump) before streaming");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_check(
+    config: &InvalidatorConfig,
+    figment: &figment::Figment,
+    json: bool,
+) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let mut findings = Vec::new();
+    let model = match assemble::schema_model(config, figment).await {
+        Ok(model) => Some(model),
+        Err(error) => {
+            findings.push(cm_invalidator::check::Finding {
+                status: cm_invalidator::check::Status::Problem,
+                check: "schema mapping".into(),
+                detail: error.to_string(),
+            });
+            None
+        }
+    };
+    findings.extend(database_findings(&client, config, model.as_ref()).await?);
+    let space = KeySpace::new(config.cache.prefix.clone()).context("config key cache.prefix")?;
+    let store = assemble::store(config).await?;
+    findings.push(cache_finding(store.as_ref(), &space).await);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!("{}", render_table(&findings));
+    }
+    Ok(if has_problem(&findings) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_worker(config: InvalidatorConfig, figment: &figment::Figment) -> Result<ExitCode> {
+    let (worker, _metrics) = assemble::start(config, figment).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stop requested: abandoning the current transaction unacknowledged");
+        let _ = stop_tx.send(true);
+    });
+    worker.run(stop_rx).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_status(config: &InvalidatorConfig, json: bool) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let row = client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    confirmed_flush_lsn::text, active_pid
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.postgres.slot],
+        )
+        .await?;
+    let space = KeySpace::new(config.cache.prefix.clone()).context("config key cache.prefix")?;
+    let store = assemble::store(config).await?;
+    let key = space.heartbeat();
+    let heartbeat = store
+        .get_many(&[key.as_str()])
+        .await
+        .context("reading the heartbeat from memcached")?
+        .into_iter()
+        .next()
+        .flatten()
+        .and_then(|item| Heartbeat::decode(&item.value));
+    let age = heartbeat.map(|h| {
+        Duration::from_micros(unix_micros_now().saturating_sub(h.emitted_unix_micros)).as_secs_f64()
+    });
+    let (lag, confirmed, pid) = match &row {
+        Some(row) => (
+            row.try_get::<_, Option<i64>>(0)?,
+            row.try_get::<_, Option<String>>(1)?,
+            row.try_get::<_, Option<i32>>(2)?,
+        ),
+        None => (None, None, None),
+    };
+    let applied = heartbeat.map(|h| cm_pgoutput::Lsn(h.lsn).to_string());
+    if json {
+        let value = serde_json::json!({
+            "slot": config.postgres.slot,
+            "slot_exists": row.is_some(),
+            "lag_bytes": lag,
+            "confirmed_flush_lsn": confirmed,
+            "streaming_pid": pid,
+            "heartbeat_age_seconds": age,
+            "last_heartbeat_lsn": applied,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "slot                 {}{}",
+            config.postgres.slot,
+            if row.is_some() { "" } else { " (missing)" }
+        );
+        println!(
+            "lag                  {}",
+            lag.map_or("unknown".into(), |b| format!("{b} bytes"))
+        );
+        println!(
+            "confirmed flush      {}",
+            confirmed.as_deref().unwrap_or("unknown")
+        );
+        println!(
+            "streaming pid        {}",
+            pid.map_or("none".into(), |p| p.to_string())
+        );
+        println!(
+            "heartbeat age        {}",
+            age.map_or("no heartbeat".into(), |a| format!("{a:.1} s"))
+        );
+        println!(
+            "last heartbeat LSN   {}",
+            applied.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! `setup`: creates what streaming needs, in the only safe order: the
+//! publication first, then the slot (research rule 0.1: a slot created
+//! before its publication fails for good on PG <= 17, and silently skips
+//! changes on PG18). The cache flush that must follow a new slot is done by
+//! `run`, which bumps the epoch whenever the slot is not the one it last
+//! streamed from.
+
+use cm_replication::inspect::{publication_exists, quote_ident, slot_info};
+use cm_replication::{ReplicationConfig, ReplicationConnection, SlotName};
+use tokio_postgres::Client;
+
+use crate::config::InvalidatorConfig;
+use crate::identity::verdicts;
+
+/// One change `setup` makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupStep {
+    /// Run this CREATE PUBLICATION statement.
+    CreatePublication {
+        /// The statement.
+        sql: String,
+    },
+    /// Create the logical replication slot (pgoutput, permanent).
+    CreateSlot {
+        /// The slot.
+        slot: SlotName,
+    },
+}
+
+impl std::fmt::Display for SetupStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupStep::CreatePublication { sql } => write!(f, "{sql}"),
+            SetupStep::CreateSlot { slot } => {
+                write!(f, "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput")
+            }
+        }
+    }
+}
+
+/// Why setup cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// wal_level is not logical.
+    #[error(
+        "wal_level is {0:?}; set wal_level = logical in postgresql.conf and restart PostgreSQL"
+    )]
+    WalLevel(String),
+    /// Publishing these tables would make their UPDATE/DELETE fail.
+    #[error(
+        "publishing would break writes: UPDATE and DELETE fail on published tables without a replica \
+         identity (research 2.4). Give each a primary key or REPLICA IDENTITY FULL, or list the tables \
+         to publish in postgres.publish_tables: {0}"
+    )]
+    BrokenIdentity(String),
+    /// A configured table name is not `schema.table`.
+    #[error("postgres.publish_tables: {0:?} is not schema.table")]
+    BadTableName(String),
+    /// SQL failed.
+    #[error("SQL: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] cm_replication::ReplicationError),
+}
+
+/// Works out what is missing, without changing anything.
+pub async fn plan(
+    client: &Client,
+    config: &InvalidatorConfig,
+) -> Result<Vec<SetupStep>, SetupError> {
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.try_get(0)?;
+    if wal_level != "logical" {
+        return Err(SetupError::WalLevel(wal_level));
+    }
+    let mut steps = Vec::new();
+    let publication = &config.postgres.publication;
+    if !publication_exists(client, publication).await? {
+        steps.push(SetupStep::CreatePublication {
+            sql: create_publication_sql(publication, &config.postgres.publish_tables)?,
+        });
+        if config.postgres.publish_tables.is_empty() {
+            refuse_broken_identities(client).await?;
+        }
+    }
+    let slot = SlotName::new(&config.postgres.slot)?;
+    if slot_info(client, &slot).await?.is_none() {
+        steps.push(SetupStep::CreateSlot { slot });
+    }
+    Ok(steps)
+}
+
+/// FOR ALL TABLES imposes the replica identity check on every table at
+/// once; refuse rather than break an application's writes.
+async fn refuse_broken_identities(client: &Client) -> Result<(), SetupError> {
+    let broken: Vec<String> = verdicts(client, None)
+        .await?
+        .into_iter()
+        .filter(|v| v.verdict.is_broken())
+        .map(|v| {
+            format!(
+                "{}.{} ({})",
+                v.table.schema,
+                v.table.name,
+                v.verdict.describe()
+            )
+        })
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(SetupError::BrokenIdentity(broken.join("; ")))
+    }
+}
+
+fn create_publication_sql(publication: &str, tables: &[String]) -> Result<String, SetupError> {
+    if tables.is_empty() {
+        return Ok(format!(
+            "CREATE PUBLICATION {} FOR ALL TABLES",
+            quote_ident(publication)
+        ));
+    }
+    let names = tables
+        .iter()
+        .map(|t| {
+            let (schema, table) = t
+                .split_once('.')
+                .ok_or_else(|| SetupError::BadTableName(t.clone()))?;
+            Ok(format!("{}.{}", quote_ident(schema), quote_ident(table)))
+        })
+        .collect::<Result<Vec<_>, SetupError>>()?;
+    Ok(format!(
+        "CREATE PUBLICATION {} FOR TABLE {}",
+        quote_ident(publication),
+        names.join(", ")
+    ))
+}
+
+/// Carries out the steps in order.
+pub async fn apply(
+    client: &Client,
+    config: &InvalidatorConfig,
+    steps: &[SetupStep],
+) -> Result<(), SetupError> {
+    for step in steps {
+        match step {
+            SetupStep::CreatePublication { sql } => client.batch_execute(sql).await?,
+            SetupStep::CreateSlot { slot } => {
+                let replication = ReplicationConfig::parse(&config.postgres.url)?;
+                let mut conn = ReplicationConnection::connect(&replication).await?;
+                conn.create_slot(slot).await?;
+                conn.close().await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! `run`: the at-least-once loop (research 3.6).
+//!
+//! Per session: make sure the slot exists (creating it bumps the epoch),
+//! compare the system id, timeline and slot with what the last run
+//! persisted (a change bumps the epoch: LSNs may repeat or changes may be
+//! missing, research 5.6), then stream from `0/0`. Per transaction: collect
+//! invalidations from every change, apply them to the cache until that
+//! succeeds, and only then acknowledge the Commit's `end_lsn`. Transactions
+//! are applied one after another, so the acknowledged position is always a
+//! prefix of finished work.
+//!
+//! Faults: a cache error is retried with backoff forever (the stream task
+//! keeps answering keepalives; nothing is acknowledged); a lost connection
+//! or PostgreSQL restart reconnects from `0/0`; a busy slot (another worker
+//! holds it) is waited for. A stop request abandons the current transaction
+//! unacknowledged, sends CopyDone and returns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cm_keys::{Heartbeat, KeySpace, SchemaModel, WorkerState};
+use cm_pgoutput::{LogicalMessage, PgTimestamp};
+use cm_replication::inspect::slot_info;
+use cm_replication::{
+    ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
+    StartOptions,
+};
+use cm_store::{CacheStore, StoreError};
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+use crate::apply::{apply_once, Applied, Backoff};
+use crate::changes::{ChangeError, ChangeMapper};
+use crate::config::InvalidatorConfig;
+use crate::heartbeat::{heartbeat_for, message_prefix};
+use crate::metrics::Metrics;
+use crate::pipeline::{ApplyFuture, Pipeline};
+use crate::txn::TxnInvalidations;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Replication failed (connection, server, slot state).
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// SQL on the ordinary connection failed.
+    #[error("SQL: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// The stream broke its own rules.
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    /// The cache failed where no retry makes sense (a bad key).
+    #[error("cache: {0}")]
+    Store(#[from] StoreError),
+    /// An acknowledgement was refused.
+    #[error(transparent)]
+    Ack(#[from] cm_replication::AckError),
+}
+
+impl WorkerError {
+    /// Errors an operator must fix; retrying cannot help.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Replication(
+                ReplicationError::SlotTwoPhase { .. }
+                    | ReplicationError::SlotMismatch { .. }
+                    | ReplicationError::PublicationMissing { .. }
+                    | ReplicationError::Config(_)
+                    | ReplicationError::Auth(_)
+            )
+        )
+    }
+}
+
+/// Everything a running worker holds.
+pub struct Worker {
+    config: InvalidatorConfig,
+    space: KeySpace,
+    store: Arc<dyn CacheStore>,
+    model: SchemaModel,
+    metrics: Arc<Metrics>,
+    crash_after_apply: bool,
+}
+
+/// Fault injection for crash tests: when this environment variable is set,
+/// the worker aborts the process right after applying a transaction's
+/// invalidations and before acknowledging it (a `kill -9` at the worst time).
+pub const CRASH_AFTER_APPLY_ENV: &str = "CM_FAULT_CRASH_AFTER_APPLY";
+
+enum SessionEnd {
+    Stopped,
+}
+
+impl Worker {
+    /// A worker over a loaded schema model and a connected store.
+    pub fn new(
+        config: InvalidatorConfig,
+        space: KeySpace,
+        store: Arc<dyn CacheStore>,
+        model: SchemaModel,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        Worker {
+            config,
+            space,
+            store,
+            model,
+            metrics,
+            crash_after_apply: std::env::var_os(CRASH_AFTER_APPLY_ENV).is_some(),
+        }
+    }
+
+    /// Runs sessions until `stop` turns true; returns an error only for
+    /// problems an operator must fix.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let max = Duration::from_millis(self.config.worker.max_backoff_ms);
+        let mut backoff = Backoff::new(max);
+        let mut mapper = ChangeMapper::new(self.space.clone(), self.model.clone());
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            match self.session(&mut mapper, &mut stop).await {
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Err(error) if error.is_fatal() => return Err(error),
+                Err(error) => {
+                    if matches!(&error, WorkerError::Replication(e) if e.is_slot_busy()) {
+                        tracing::info!(%error, "slot held by another worker; waiting");
+                    } else {
+                        tracing::warn!(%error, "replication session ended; reconnecting from 0/0");
+                    }
+                    if started.elapsed() > max {
+                        backoff = Backoff::new(max);
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        mapper: &mut ChangeMapper,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, WorkerError> {
+        let replication = ReplicationConfig::parse(&self.config.postgres.url)?;
+        let slot = SlotName::new(&self.config.postgres.slot)?;
+        let client = connect_sql(&self.config.postgres.url).await?;
+        let mut conn = ReplicationConnection::connect(&replication).await?;
+        let system = conn.identify_system().await?;
+        self.ensure_slot(&client, &mut conn, &slot).await?;
+        self.check_epoch(WorkerState {
+            system_id: system.system_id.clone(),
+            timeline: system.timeline,
+            slot: slot.to_string(),
+        })
+        .await?;
+        let mut options = StartOptions::new(slot, [self.config.postgres.publication.clone()]);
+        options.status_interval = Duration::from_millis(self.config.worker.status_interval_ms);
+        let mut stream = conn.start_replication(options).await?;
+        mapper.reset_session();
+        tracing::info!(system_id = %system.system_id, timeline = system.timeline, "streaming");
+        let result = self.stream(mapper, &mut stream, stop).await;
+        match result {
+            Ok(()) => {
+                stream.stop().await?;
+                Ok(SessionEnd::Stopped)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates a missing slot, re-creates a lost one; either way the cache
+    /// may hold results the new slot will never invalidate: bump the epoch.
+    async fn ensure_slot(
+        &self,
+        client: &Client,
+        conn: &mut ReplicationConnection,
+        slot: &SlotName,
+    ) -> Result<(), WorkerError> {
+        let info = slot_info(client, slot).await?;
+        let lost = info.as_ref().and_then(|i| i.invalidation());
+        if let Some(reason) = &lost {
+            tracing::error!(%slot, %reason, "slot invalidated: dropping and re-creating it; the whole cache is flushed");
+            conn.drop_slot(slot, false).await?;
+        }
+        if info.is_none() || lost.is_some() {
+            let created = conn.create_slot(slot).await?;
+            tracing::warn!(%slot, consistent_point = %created.consistent_point, "created replication slot");
+            self.bump_epoch("new replication slot").await?;
+        }
+        Ok(())
+    }
+
+    /// Bumps the epoch when the system, timeline or slot differ from what
+    /// the last run saw (or nothing was persisted), then persists them.
+    async fn check_epoch(&self, current: WorkerState) -> Result<(), WorkerError> {
+        let key = self.space.worker_state();
+        let stored = self
+            .retry("read worker state", || async {
+                self.store.get_many(&[key.as_str()]).await
+            })
+            .await?;
+        let previous = stored
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(|item| WorkerState::decode(&item.value));
+        match &previous {
+            Some(previous) if *previous == current => {}
+            Some(previous) => {
+                tracing::warn!(?previous, ?current, "system, timeline or slot changed");
+                self.bump_epoch("system id, timeline or slot changed")
+                    .await?;
+            }
+            None => {
+                self.bump_epoch("no persisted worker state (first start or cache restarted)")
+                    .await?
+            }
+        }
+        let value = current.encode();
+        self.retry("write worker state", || async {
+            self.store
+                .write_heartbeat(key.as_str(), &value, Duration::from_secs(30 * 24 * 3600))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn bump_epoch(&self, reason: &str) -> Result<(), WorkerError> {
+        let key = self.space.epoch();
+        self.retry("bump epoch", || async {
+            self.store.bump_generation(key.as_str()).await
+        })
+        .await?;
+        self.metrics.epoch_bumps.inc();
+        tracing::warn!(reason, "epoch bumped: every cached result is invalid");
+        Ok(())
+    }
+
+    /// Retries a cache operation until it succeeds; see [`retry_store`].
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, WorkerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let max_backoff = Duration::from_millis(self.config.worker.max_backoff_ms);
+        retry_store(max_backoff, &self.metrics, what, op).await
+    }
+
+    /// Consumes the stream until stop (Ok) or an error.
+    ///
+    /// Transactions are pipelined: while earlier ones are still being
+    /// applied, later ones are read and their invalidations start, up to
+    /// `worker.max_in_flight`. Results come back in commit order, and each
+    /// transaction is acknowledged only when it and all before it are done;
+    /// a heartbeat is written only once everything received before it is.
+    async fn stream(
+        &self,
+        mapper: &mut ChangeMapper,
+        stream: &mut ReplicationStream,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        let acker = stream.acker();
+        let heartbeat_prefix = message_prefix(self.space.prefix());
+        let mut txn: Option<(TxnInvalidations, PgTimestamp)> = None;
+        let mut pipeline = Pipeline::default();
+        loop {
+            let can_read = pipeline.in_flight() < self.config.worker.max_in_flight;
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                done = pipeline.next_applied(), if pipeline.in_flight() > 0 => {
+                    let (applied, invalidations, end_lsn, commit_ts) = done?;
+                    if self.crash_after_apply && !invalidations.is_empty() {
+                        tracing::error!("{CRASH_AFTER_APPLY_ENV} is set: aborting before the ack");
+                        std::process::abort();
+                    }
+                    acker.commit_done(end_lsn)?;
+                    self.metrics.record_commit(&invalidations, applied, commit_ts, end_lsn);
+                    for heartbeat in pipeline.heartbeats_now_due() {
+                        self.complete_heartbeat(&acker, heartbeat).await?;
+                    }
+                }
+                event = stream.next(), if can_read => {
+                    let event = match event {
+                        Some(event) => event?,
+                        None => return Err(ReplicationError::Closed.into()),
+                    };
+                    match event.message {
+                        LogicalMessage::Begin(begin) => {
+                            txn = Some((TxnInvalidations::new(self.config.worker.key_budget), begin.commit_ts));
+                        }
+                        LogicalMessage::Relation(relation) => {
+                            mapper.relation(relation, txn.as_mut().map(|(t, _)| t));
+                        }
+                        LogicalMessage::Commit(commit) => {
+                            if let Some((invalidations, commit_ts)) = txn.take() {
+                                pipeline.push_commit(self.applying(invalidations), commit.end_lsn, commit_ts);
+                            }
+                        }
+                        LogicalMessage::Message(message) if !message.transactional() => {
+                            let heartbeat = (message.prefix == heartbeat_prefix)
+                                .then(|| heartbeat_for(message.lsn.0, &message.content))
+                                .flatten();
+                            match heartbeat {
+                                Some(heartbeat) if pipeline.in_flight() > 0 => {
+                                    pipeline.push_heartbeat(heartbeat, message.lsn)
+                                }
+                                Some(heartbeat) => {
+                                    self.complete_heartbeat(&acker, (heartbeat, message.lsn)).await?
+                                }
+                                None => acker.message_done(message.lsn)?,
+                            }
+                        }
+                        message @ (LogicalMessage::Insert(_)
+                        | LogicalMessage::Update(_)
+                        | LogicalMessage::Delete(_)
+                        | LogicalMessage::Truncate(_)) => {
+                            if let Some((invalidations, _)) = txn.as_mut() {
+                                mapper.change(&message, invalidations)?;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A future that applies `txn` (retrying cache errors) and hands it back.
+    fn applying(&self, txn: TxnInvalidations) -> ApplyFuture {
+        let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
+        let max_backoff = Duration::from_millis(self.config.worker.max_backoff_ms);
+        Box::pin(async move {
+            if txn.is_empty() {
+                return Ok((Applied::default(), txn));
+            }
+            let applied = retry_store(max_backoff, &metrics, "apply invalidations", || {
+                apply_once(store.as_ref(), &txn)
+            })
+            .await?;
+            Ok((applied, txn))
+        })
+    }
+
+    /// Writes a heartbeat whose earlier transactions are all applied.
+    async fn complete_heartbeat(
+        &self,
+        acker: &cm_replication::Acker,
+        (heartbeat, lsn): (Heartbeat, cm_pgoutput::Lsn),
+    ) -> Result<(), WorkerError> {
+        let key = self.space.heartbeat();
+        let value = heartbeat.encode();
+        self.retry("write heartbeat", || async {
+            self.store
+                .write_heartbeat(key.as_str(), &value, Duration::from_secs(24 * 3600))
+                .await
+        })
+        .await?;
+        self.metrics.record_heartbeat(&heartbeat);
+        acker.message_done(lsn)?;
+        Ok(())
+    }
+}
+
+/// Retries a cache operation with backoff until it succeeds. Errors that no
+/// retry can fix (invalid keys, oversized values) are returned; everything
+/// else (down, slow, contended) is counted, logged and retried, while the
+/// stream's own task keeps answering keepalives and nothing is acknowledged.
+async fn retry_store<T, F, Fut>(
+    max_backoff: Duration,
+    metrics: &Metrics,
+    what: &str,
+    mut op: F,
+) -> Result<T, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Backoff::new(max_backoff);
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(error @ (StoreError::InvalidKey { .. } | StoreError::ValueTooLarge { .. })) => {
+                return Err(error.into())
+            }
+            Err(error) => {
+                metrics.cache_errors.inc();
+                tracing::warn!(%error, what, "cache operation failed; retrying, nothing is acknowledged");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn connect_sql(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "sql connection closed");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,161 @@
+//! The operator commands: setup (publication before slot, dry run, refusing
+//! to break writes), check (replica identity verdicts, exit codes, JSON) and
+//! status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn setup_creates_the_publication_before_the_slot_and_dry_run_changes_nothing() {
+    let h = Harness::new(SCHEMA, Options::default()).await;
+    let out = h.run_cli(&["setup", "--dry-run"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let publication = text.find("CREATE PUBLICATION").expect("publication step");
+    let slot = text.find("CREATE_REPLICATION_SLOT").expect("slot step");
+    assert!(publication < slot, "publication first: {text}");
+    assert_eq!(h.psql("SELECT count(*) FROM pg_publication").trim(), "0");
+
+    h.setup();
+    assert_eq!(h.psql("SELECT count(*) FROM pg_publication").trim(), "1");
+    let out = h.run_cli(&["setup"]);
+    assert!(stdout(&out).contains("nothing to do"));
+}
+
+#[tokio::test]
+async fn setup_refuses_to_publish_all_tables_when_that_would_break_writes() {
+    let h = Harness::new(
+        &format!("{SCHEMA} CREATE TABLE nopk(a int, b text);"),
+        Options::default(),
+    )
+    .await;
+    let out = h.run_cli(&["setup"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("public.nopk"), "{stderr}");
+    assert_eq!(h.psql("SELECT count(*) FROM pg_publication").trim(), "0");
+}
+
+#[tokio::test]
+async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
+    let h = Harness::new(
+        "CREATE TABLE author(id int PRIMARY KEY);
+         CREATE TABLE book(id int PRIMARY KEY, author_id int REFERENCES author(id));
+         CREATE TABLE nopk(a int, b text);",
+        Options {
+            extra_toml: "".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Published explicitly: setup would refuse FOR ALL TABLES with nopk.
+    h.psql("CREATE PUBLICATION cm_pub FOR TABLE author, book, nopk;");
+    h.setup();
+    let out = h.run_cli(&["check", "--json"]);
+    assert!(!out.status.success(), "problems mean a non-zero exit");
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |check: &str| {
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .unwrap_or_else(|| panic!("no finding {check}: {findings}"))
+            .clone()
+    };
+    assert_eq!(find("replica identity public.nopk")["status"], "problem");
+    let book = find("replica identity public.book");
+    assert_eq!(book["status"], "problem");
+    assert!(
+        book["detail"].as_str().unwrap().contains("author_id"),
+        "{book}"
+    );
+    assert_eq!(find("replica identity public.author")["status"], "ok");
+    assert_eq!(find("wal_level")["status"], "ok");
+    assert_eq!(find("memcached")["status"], "ok");
+
+    h.psql("ALTER TABLE book REPLICA IDENTITY FULL; ALTER PUBLICATION cm_pub DROP TABLE nopk;");
+    let out = h.run_cli(&["check"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("STATUS"), "a table for humans");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_lag_and_heartbeat() {
+    let h = Harness::new(SCHEMA, Options::default()).await;
+    h.setup();
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    let out = h.run_cli(&["status", "--json"]);
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["slot_exists"], true);
+    assert!(status["lag_bytes"].is_i64(), "{status}");
+    assert!(
+        status["heartbeat_age_seconds"].as_f64().unwrap() < 30.0,
+        "{status}"
+    );
+    assert!(status["streaming_pid"].is_i64(), "{status}");
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz_are_served() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let h = Harness::new(
+        SCHEMA,
+        Options {
+            extra_toml: format!("[metrics]\nlisten = '{addr}'\nmax_heartbeat_age_ms = 5000\n"),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.setup();
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    h.psql("UPDATE book SET title = 'm' WHERE id = 10;");
+    h.wait_applied().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some((200, _)) = http_get(&addr, "/healthz") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/healthz never became healthy");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for metric in [
+        "cm_invalidator_transactions_total",
+        "cm_invalidator_commit_to_invalidated_seconds_bucket",
+        "cm_invalidator_ack_lsn",
+        "cm_invalidator_lag_bytes",
+        "cm_invalidator_heartbeat_age_seconds",
+        "cm_invalidator_cache_errors_total",
+    ] {
+        assert!(body.contains(metric), "{metric} missing:\n{body}");
+    }
+    let transactions: f64 = body
+        .lines()
+        .find(|l| l.starts_with("cm_invalidator_transactions_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(transactions >= 1.0, "{body}");
+}

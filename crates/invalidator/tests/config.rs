@@ -1,0 +1,53 @@
+//! The example configuration loads, and bad keys and values are errors that
+//! name the key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+
+use cm_invalidator::config::InvalidatorConfig;
+
+fn load(text: &str) -> Result<InvalidatorConfig, String> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    InvalidatorConfig::load(file.path()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_example_config_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/invalidator.toml");
+    let config = InvalidatorConfig::load(std::path::Path::new(path)).unwrap();
+    assert_eq!(config.postgres.slot, "cm_invalidator");
+    assert_eq!(config.worker.key_budget, 10_000);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err =
+        load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\nprefx = 'oops'\n").unwrap_err();
+    assert!(err.contains("prefx"), "{err}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let err =
+        load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n[worker]\nkey_budget = -3\n")
+            .unwrap_err();
+    assert!(err.contains("worker.key_budget"), "{err}");
+    let err =
+        load("[postgres]\nurl = 'x'\nslot = 'Bad-Slot'\n[cache]\nservers = ['a:1']\n").unwrap_err();
+    assert!(err.contains("postgres.slot"), "{err}");
+    let err = load("[postgres]\nurl = 'x'\n[cache]\nservers = []\n").unwrap_err();
+    assert!(err.contains("cache.servers"), "{err}");
+    let err = load("[postgres]\nurl = 'x'\n").unwrap_err();
+    assert!(err.contains("cache"), "{err}");
+}
+
+#[test]
+fn the_schema_section_is_left_to_the_mapping() {
+    let config = load(
+        "[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n\
+         [schema.tables.\"public.book\"]\npolicy = 'whole_table'\n",
+    )
+    .unwrap();
+    assert_eq!(config.cache.prefix, "cm");
+}
