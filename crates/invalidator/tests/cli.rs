@@ -107,7 +107,11 @@ async fn status_reports_lag_and_heartbeat() {
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -116,7 +120,11 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_healthz_are_served() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let h = Harness::new(
         SCHEMA,
@@ -136,7 +144,10 @@ async fn metrics_and_healthz_are_served() {
         if let Some((200, _)) = http_get(&addr, "/healthz") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "/healthz never became healthy");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never became healthy"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (status, body) = http_get(&addr, "/metrics").unwrap();

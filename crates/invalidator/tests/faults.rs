@@ -196,3 +196,24 @@ async fn sigterm_stops_cleanly_without_acknowledging_more() {
     ));
     assert_eq!(active.trim(), "0", "the walsender was released (CopyDone)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_waits_for_the_slot_and_takes_over() {
+    let h = Harness::new(SCHEMA, Options::default()).await;
+    h.setup();
+    let mut first = h.spawn_worker(false);
+    h.wait_applied().await;
+    // The slot is the leader lock: the second worker gets 55006 and waits.
+    let _second = h.spawn_worker(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let q = h.cache("book 10", &[h.object("book", 10)]).await;
+    h.psql("UPDATE book SET title = 'leader' WHERE id = 10;");
+    h.wait_applied().await;
+    assert!(!h.is_cached(&q).await);
+
+    first.kill_9();
+    let q = h.cache("book 11", &[h.object("book", 11)]).await;
+    h.psql("UPDATE book SET title = 'successor' WHERE id = 11;");
+    h.wait_applied().await;
+    assert!(!h.is_cached(&q).await, "the waiting worker took over");
+}
