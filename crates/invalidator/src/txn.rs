@@ -96,6 +96,7 @@ mod tests {
             objects: vec![space.object(&name, &[("id", Some(&value))])],
             parents: Vec::new(),
             predicates: Vec::new(),
+            table_changes: space.table_changes(&name),
             table_generation: space.table_generation(&name),
             bump_table_generation: false,
         }
@@ -107,7 +108,8 @@ mod tests {
         let mut txn = TxnInvalidations::new(10);
         txn.add(invalidation(&space, "a", 1));
         txn.add(invalidation(&space, "a", 1));
-        assert_eq!(txn.flush_lists().len(), 1);
+        // The row's object list and the table's "any change" list.
+        assert_eq!(txn.flush_lists().len(), 2);
         assert!(txn.generations().is_empty());
         assert_eq!(txn.changes(), 2);
     }
@@ -115,11 +117,14 @@ mod tests {
     #[test]
     fn past_the_budget_every_touched_table_is_bumped_instead() {
         let space = KeySpace::new("t").unwrap();
-        let mut txn = TxnInvalidations::new(3);
+        let mut txn = TxnInvalidations::new(5);
         txn.add(invalidation(&space, "a", 1));
         txn.add(invalidation(&space, "b", 1));
         txn.add(invalidation(&space, "a", 2));
-        assert!(!txn.coarsened());
+        assert!(
+            !txn.coarsened(),
+            "5 keys: 3 objects and 2 tables' change lists"
+        );
         txn.add(invalidation(&space, "a", 3));
         assert!(txn.coarsened());
         assert!(txn.flush_lists().is_empty());
@@ -139,6 +144,6 @@ mod tests {
         inv.bump_table_generation = true;
         txn.add(inv);
         assert_eq!(txn.generations().len(), 1);
-        assert_eq!(txn.flush_lists().len(), 1);
+        assert_eq!(txn.flush_lists().len(), 2);
     }
 }

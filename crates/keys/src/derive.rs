@@ -83,6 +83,10 @@ pub struct Invalidation {
     pub parents: Vec<Key>,
     /// Predicate keys for each predicate column set, old and new values.
     pub predicates: Vec<Key>,
+    /// The table's "any change" flush list ([`KeySpace::table_changes`]):
+    /// every change flushes it. A reader never registers a row's result here
+    /// from [`keys_for_row`]; only results over the whole table join it.
+    pub table_changes: Key,
     /// The table generation key, to bump when `bump_table_generation`.
     pub table_generation: Key,
     /// Some key could not be derived (or the change is table-wide): bump
@@ -91,13 +95,22 @@ pub struct Invalidation {
 }
 
 impl Invalidation {
-    /// Every flush-list key: objects, parents and predicates, deduplicated.
-    pub fn flush_keys(&self) -> BTreeSet<&Key> {
+    /// The row-level flush lists: objects, parents and predicates,
+    /// deduplicated (what a reader may register a result under for a row).
+    pub fn row_keys(&self) -> BTreeSet<&Key> {
         self.objects
             .iter()
             .chain(&self.parents)
             .chain(&self.predicates)
             .collect()
+    }
+
+    /// Every flush list a change empties: [`Invalidation::row_keys`] and the
+    /// table's "any change" list.
+    pub fn flush_keys(&self) -> BTreeSet<&Key> {
+        let mut keys = self.row_keys();
+        keys.insert(&self.table_changes);
+        keys
     }
 }
 
@@ -143,6 +156,7 @@ pub fn derive(
         objects: out.objects.into_iter().collect(),
         parents: out.parents.into_iter().collect(),
         predicates: out.predicates.into_iter().collect(),
+        table_changes: space.table_changes(table.key_identity()),
         table_generation: space.table_generation(table.key_identity()),
         bump_table_generation: out.bump,
     }

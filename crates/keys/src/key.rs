@@ -171,6 +171,14 @@ impl KeySpace {
         self.owned(b"predicate", table, values)
     }
 
+    /// `f`: the flush list of *any* change to `table`: results that depend on
+    /// the table as a whole (no usable filter) register here, and the
+    /// invalidator flushes it for every row change of the table. It is the
+    /// predicate over the empty column set.
+    pub fn table_changes(&self, table: &TableName) -> Key {
+        self.predicate(table, &[])
+    }
+
     /// `g`: the generation of one table (its partition root for a partition).
     pub fn table_generation(&self, table: &TableName) -> Key {
         self.make(

@@ -170,7 +170,11 @@ fn truncate_bumps_table_generation_and_derives_no_row_keys() {
         None,
     );
     assert!(inv.bump_table_generation);
-    assert!(inv.flush_keys().is_empty());
+    assert!(inv.row_keys().is_empty());
+    assert_eq!(
+        inv.flush_keys().into_iter().collect::<Vec<_>>(),
+        vec![&inv.table_changes]
+    );
 }
 
 #[test]
@@ -184,7 +188,11 @@ fn whole_table_policy_bumps_on_every_change() {
         Some(&[Some("1"), Some("1"), Some("t")]),
     );
     assert!(inv.bump_table_generation);
-    assert!(inv.flush_keys().is_empty());
+    assert!(inv.row_keys().is_empty());
+    assert_eq!(
+        inv.flush_keys().into_iter().collect::<Vec<_>>(),
+        vec![&inv.table_changes]
+    );
 }
 
 #[test]
@@ -335,7 +343,11 @@ fn missing_images_count_as_unknown() {
         None,
     );
     assert!(inv.bump_table_generation);
-    assert!(inv.flush_keys().is_empty());
+    assert!(inv.row_keys().is_empty());
+    assert_eq!(
+        inv.flush_keys().into_iter().collect::<Vec<_>>(),
+        vec![&inv.table_changes]
+    );
 }
 
 #[test]
