@@ -1,0 +1,301 @@
+//! [`QueryCache`]: the state shared by every [`crate::CachingClient`] of one
+//! deployment: key space, store, schema model, options, the in-process
+//! statement cache and the counters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cm_keys::{discover, CanonicalValue, KeySpace, SchemaConfig, SchemaModel, TableName};
+use cm_store::CacheStore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_postgres::{Client, Column};
+
+use crate::dependencies::{self, ColumnOrigins, Param};
+use crate::error::ReaderError;
+use crate::fill::{CachePlan, Fetched};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::options::{QueryOptions, ReaderOptions};
+use crate::plan::{StatementCache, StatementInfo};
+
+/// A row of a table named by its key values, for [`QueryCache::cached_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    table: TableName,
+    key: Vec<(String, Option<CanonicalValue>)>,
+}
+
+impl ObjectRef {
+    /// The row of `table` whose key columns hold these values (canonical
+    /// form: [`CanonicalValue::Int`] for every integer type, and so on).
+    pub fn new<S: Into<String>>(
+        table: TableName,
+        key: impl IntoIterator<Item = (S, CanonicalValue)>,
+    ) -> ObjectRef {
+        ObjectRef {
+            table,
+            key: key.into_iter().map(|(c, v)| (c.into(), Some(v))).collect(),
+        }
+    }
+}
+
+/// The shared state of the reader. Build one per process (per database),
+/// wrap it in an `Arc`, and hand it to every [`crate::CachingClient`].
+#[derive(Debug)]
+pub struct QueryCache {
+    pub(crate) space: KeySpace,
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) model: Arc<SchemaModel>,
+    pub(crate) options: ReaderOptions,
+    pub(crate) statements: StatementCache,
+    attribute_names: Mutex<HashMap<u32, Arc<HashMap<i16, String>>>>,
+    pub(crate) metrics: Metrics,
+}
+
+impl QueryCache {
+    /// A cache over `store` with keys from `space`, for the tables of
+    /// `model` (the same model the invalidator loads).
+    pub fn new(
+        space: KeySpace,
+        store: Arc<dyn CacheStore>,
+        model: Arc<SchemaModel>,
+        options: ReaderOptions,
+    ) -> Result<QueryCache, ReaderError> {
+        options.validate()?;
+        Ok(QueryCache {
+            space,
+            store,
+            model,
+            statements: StatementCache::new(options.statement_cache_capacity),
+            options,
+            attribute_names: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Like [`QueryCache::new`], with the model discovered from the
+    /// database's catalog and adjusted by `config`.
+    pub async fn discover(
+        client: &Client,
+        space: KeySpace,
+        store: Arc<dyn CacheStore>,
+        config: &SchemaConfig,
+        options: ReaderOptions,
+    ) -> Result<QueryCache, ReaderError> {
+        let tables = discover(client)
+            .await
+            .map_err(|e| ReaderError::Config(format!("discovering the schema: {e}")))?;
+        let model = SchemaModel::build(tables, config)
+            .map_err(|e| ReaderError::Config(format!("schema mapping: {e}")))?;
+        QueryCache::new(space, store, Arc::new(model), options)
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// The key space.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.space
+    }
+
+    /// The schema model.
+    pub fn model(&self) -> &SchemaModel {
+        &self.model
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ReaderOptions {
+        &self.options
+    }
+
+    /// Memoises `compute` under `key` for `ttl`. Nothing but the TTL and an
+    /// epoch bump invalidates it (the seed's `cached`), and the heartbeat is
+    /// not checked: use it for values that do not come from the database, or
+    /// that may be as stale as `ttl`.
+    pub async fn cached<T, E, F, Fut>(&self, key: &str, ttl: Duration, compute: F) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let plan = CachePlan {
+            result: self.space.result(&[b"cached", key.as_bytes()]),
+            generations: Vec::new(),
+            pre_query: Vec::new(),
+            check_heartbeat: false,
+            ttl: ttl.min(self.options.flush_list_ttl),
+        };
+        self.get_or_fill(&plan, || async {
+            compute().await.map(|payload| Fetched {
+                payload,
+                post_query: Vec::new(),
+                cacheable: true,
+            })
+        })
+        .await
+    }
+
+    /// Memoises `compute` under `key` for `ttl`, invalidated whenever
+    /// `object` changes (the seed's `cached_with`): the value joins the
+    /// object's flush list before `compute` runs, and snapshots its table's
+    /// generation, so a change that the invalidator cannot key still
+    /// invalidates it.
+    pub async fn cached_with<T, E, F, Fut>(
+        &self,
+        object: &ObjectRef,
+        key: &str,
+        ttl: Duration,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let identity = self
+            .model
+            .table(&object.table)
+            .map(|t| t.key_identity().clone())
+            .unwrap_or_else(|| object.table.clone());
+        let pairs: Vec<(&str, Option<&CanonicalValue>)> = object
+            .key
+            .iter()
+            .map(|(c, v)| (c.as_str(), v.as_ref()))
+            .collect();
+        let object_key = self.space.object(&identity, &pairs);
+        let plan = CachePlan {
+            result: self.space.result(&[
+                b"cached_with",
+                object_key.as_str().as_bytes(),
+                key.as_bytes(),
+            ]),
+            generations: vec![self.space.table_generation(&identity)],
+            pre_query: vec![object_key],
+            check_heartbeat: true,
+            ttl: ttl.min(self.options.flush_list_ttl),
+        };
+        self.get_or_fill(&plan, || async {
+            compute().await.map(|payload| Fetched {
+                payload,
+                post_query: Vec::new(),
+                cacheable: true,
+            })
+        })
+        .await
+    }
+
+    /// The cache plan for one execution of a statement, or `None` when it
+    /// must be read through.
+    pub(crate) fn plan_for(
+        &self,
+        info: &StatementInfo,
+        options: &QueryOptions,
+        kind: &str,
+        sql: &str,
+        params: &[Param],
+    ) -> Option<CachePlan> {
+        let reads = info.reads.as_ref().ok()?;
+        for extra in &options.extra_tables {
+            // An extra table must be one the invalidator knows.
+            self.model.table(extra)?;
+        }
+        let mut fingerprint: Vec<Vec<u8>> = vec![
+            kind.as_bytes().to_vec(),
+            options.namespace.as_bytes().to_vec(),
+            sql.as_bytes().to_vec(),
+        ];
+        for param in params {
+            let mut part = param.type_oid.to_be_bytes().to_vec();
+            match &param.bytes {
+                None => part.push(0),
+                Some(bytes) => {
+                    part.push(1);
+                    part.extend_from_slice(bytes);
+                }
+            }
+            fingerprint.push(part);
+        }
+        let parts: Vec<&[u8]> = fingerprint.iter().map(Vec::as_slice).collect();
+        Some(CachePlan {
+            result: self.space.result(&parts),
+            generations: dependencies::generation_keys(
+                &self.space,
+                &self.model,
+                reads,
+                &options.extra_tables,
+            ),
+            pre_query: dependencies::pre_query_keys(
+                &self.space,
+                &self.model,
+                reads,
+                &options.extra_tables,
+                params,
+            )
+            .into_iter()
+            .collect(),
+            check_heartbeat: true,
+            ttl: self.options.result_ttl(options),
+        })
+    }
+
+    /// Where each result column comes from, for the neighbour links. Looks
+    /// up column names by attnum once per table; `Err` when that fails.
+    pub(crate) async fn origins(
+        &self,
+        client: &Client,
+        columns: &[Column],
+    ) -> Result<ColumnOrigins, tokio_postgres::Error> {
+        let wanted: Vec<u32> = {
+            let known = self
+                .attribute_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut wanted: Vec<u32> = columns
+                .iter()
+                .filter_map(Column::table_oid)
+                .filter(|oid| self.model.table_by_oid(*oid).is_some() && !known.contains_key(oid))
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            wanted
+        };
+        if !wanted.is_empty() {
+            let rows = client
+                .query(
+                    "SELECT attrelid, attnum, attname::text FROM pg_attribute \
+                     WHERE attrelid = ANY($1) AND attnum > 0 AND NOT attisdropped",
+                    &[&wanted],
+                )
+                .await?;
+            let mut found: HashMap<u32, HashMap<i16, String>> = HashMap::new();
+            for row in rows {
+                found
+                    .entry(row.try_get(0)?)
+                    .or_default()
+                    .insert(row.try_get(1)?, row.try_get(2)?);
+            }
+            let mut known = self
+                .attribute_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (oid, names) in found {
+                known.insert(oid, Arc::new(names));
+            }
+        }
+        let known = self
+            .attribute_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(columns
+            .iter()
+            .map(|column| {
+                let table = self.model.table_by_oid(column.table_oid()?)?;
+                let name = known.get(&column.table_oid()?)?.get(&column.column_id()?)?;
+                Some((table.name.clone(), name.clone()))
+            })
+            .collect())
+    }
+}

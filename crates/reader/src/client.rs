@@ -1,0 +1,305 @@
+//! [`CachingClient`]: a tokio-postgres client whose reads go through the
+//! cache, and [`CachedQuery`], the same reads with per-query options.
+
+use std::borrow::{Borrow, BorrowMut};
+use std::sync::Arc;
+
+use postgres_types::ToSql;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_postgres::{Client, Row, Transaction};
+
+use crate::cache::QueryCache;
+use crate::dependencies::{self, row_keys};
+use crate::error::ReaderError;
+use crate::fill::Fetched;
+use crate::metrics::MetricsSnapshot;
+use crate::options::QueryOptions;
+use crate::row::{CachedRow, RowSet};
+
+/// A client whose `SELECT`s are served from the cache when valid.
+///
+/// `C` is anything that lends a `tokio_postgres::Client`: the client itself,
+/// `Arc<Client>`, `Box<Client>`, `&Client` or `&mut Client` (so a pooled
+/// connection such as a `deadpool_postgres::Object` is wrapped as
+/// `CachingClient::new(&**object, cache)`).
+///
+/// Transactions are never cached: use [`CachingClient::transaction`], whose
+/// reads go straight to the database. A transaction opened by sending
+/// `BEGIN` as a statement through the underlying client cannot be detected:
+/// reads in it would be served from and stored into the cache, seeing
+/// neither the transaction's own writes nor its snapshot. Do not do that.
+#[derive(Debug)]
+pub struct CachingClient<C = Client> {
+    client: C,
+    cache: Arc<QueryCache>,
+}
+
+impl<C: Borrow<Client>> CachingClient<C> {
+    /// Wraps `client`; `cache` is shared by every client of the process.
+    pub fn new(client: C, cache: Arc<QueryCache>) -> CachingClient<C> {
+        CachingClient { client, cache }
+    }
+
+    /// The underlying client, for anything that must not be cached.
+    pub fn client(&self) -> &Client {
+        self.client.borrow()
+    }
+
+    /// Gives the underlying client back.
+    pub fn into_inner(self) -> C {
+        self.client
+    }
+
+    /// The shared cache state.
+    pub fn cache(&self) -> &Arc<QueryCache> {
+        &self.cache
+    }
+
+    /// The shared counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.cache.metrics()
+    }
+
+    /// The reads below, with per-query options.
+    pub fn with(&self, options: QueryOptions) -> CachedQuery<'_, C> {
+        CachedQuery {
+            client: self,
+            options,
+        }
+    }
+
+    /// The rows of a `SELECT`, from the cache when valid.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<CachedRow>, ReaderError> {
+        self.with(QueryOptions::new()).query(sql, params).await
+    }
+
+    /// Exactly one row, or [`ReaderError::NoRows`] / [`ReaderError::TooManyRows`].
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<CachedRow, ReaderError> {
+        self.with(QueryOptions::new()).query_one(sql, params).await
+    }
+
+    /// At most one row.
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<CachedRow>, ReaderError> {
+        self.with(QueryOptions::new()).query_opt(sql, params).await
+    }
+
+    /// The number of rows the `SELECT` returns (run as
+    /// `SELECT count(*) FROM (<sql>)`), from the cache when valid.
+    pub async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<i64, ReaderError> {
+        self.with(QueryOptions::new()).count(sql, params).await
+    }
+
+    /// The rows mapped to `T` by `map`; the `Vec<T>` is what is cached.
+    pub async fn query_as<T, F>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: F,
+    ) -> Result<Vec<T>, ReaderError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(&Row) -> Result<T, tokio_postgres::Error>,
+    {
+        self.with(QueryOptions::new())
+            .query_as(sql, params, map)
+            .await
+    }
+
+    /// Starts a transaction on the underlying client. Its reads never touch
+    /// the cache: they must see the transaction's own writes and snapshot.
+    pub async fn transaction(&mut self) -> Result<Transaction<'_>, ReaderError>
+    where
+        C: BorrowMut<Client>,
+    {
+        let client: &mut Client = self.client.borrow_mut();
+        Ok(client.transaction().await?)
+    }
+}
+
+/// Reads with options; made by [`CachingClient::with`].
+#[derive(Debug)]
+pub struct CachedQuery<'a, C> {
+    client: &'a CachingClient<C>,
+    options: QueryOptions,
+}
+
+impl<C: Borrow<Client>> CachedQuery<'_, C> {
+    /// See [`CachingClient::query`].
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<CachedRow>, ReaderError> {
+        let set = self.cached(sql, params, "rows", |_, set| Ok(set)).await?;
+        Ok(set.into_rows())
+    }
+
+    /// See [`CachingClient::query_one`].
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<CachedRow, ReaderError> {
+        self.query_opt_inner(sql, params)
+            .await?
+            .ok_or(ReaderError::NoRows)
+    }
+
+    /// See [`CachingClient::query_opt`].
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<CachedRow>, ReaderError> {
+        self.query_opt_inner(sql, params).await
+    }
+
+    async fn query_opt_inner(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<CachedRow>, ReaderError> {
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            0 | 1 => Ok(rows.pop()),
+            count => Err(ReaderError::TooManyRows { count }),
+        }
+    }
+
+    /// See [`CachingClient::count`].
+    pub async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<i64, ReaderError> {
+        // Refuse writes before wrapping: the wrapper would hide them.
+        crate::sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
+        let inner = sql.trim().trim_end_matches(';');
+        // The newline ends a trailing `--` comment before the parenthesis.
+        let wrapped = format!("SELECT count(*) FROM ({inner}\n) AS cm_count");
+        let set = self
+            .cached(&wrapped, params, "rows", |_, set| Ok(set))
+            .await?;
+        let rows = set.into_rows();
+        match rows.as_slice() {
+            [row] => row
+                .try_get::<i64>(0)
+                .map_err(|e| ReaderError::BadCount(e.to_string())),
+            other => Err(ReaderError::BadCount(format!("{} rows", other.len()))),
+        }
+    }
+
+    /// See [`CachingClient::query_as`].
+    pub async fn query_as<T, F>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: F,
+    ) -> Result<Vec<T>, ReaderError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(&Row) -> Result<T, tokio_postgres::Error>,
+    {
+        let kind = format!("as:{}", std::any::type_name::<T>());
+        self.cached(sql, params, &kind, |rows, _| {
+            rows.iter().map(&map).collect()
+        })
+        .await
+    }
+
+    /// The common path: statement info, plan, lookup or fill. `make` turns
+    /// the live result into the payload to cache.
+    async fn cached<P, M>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        kind: &str,
+        make: M,
+    ) -> Result<P, ReaderError>
+    where
+        P: Serialize + DeserializeOwned,
+        M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+    {
+        let client: &Client = self.client.client.borrow();
+        let cache = &self.client.cache;
+        let plan = if self.options.no_cache {
+            crate::sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
+            None
+        } else {
+            let info = cache
+                .statements
+                .info(client, &cache.model, &self.options.namespace, sql, params)
+                .await?;
+            dependencies::serialise_params(&info.param_types, params)
+                .and_then(|serialised| cache.plan_for(&info, &self.options, kind, sql, &serialised))
+        };
+        let Some(plan) = plan else {
+            cache.metrics.bypasses();
+            let (payload, _) = read(client, cache, sql, params, make, false).await?;
+            return Ok(payload);
+        };
+        cache
+            .get_or_fill(&plan, || async {
+                let (payload, keys) = read(client, cache, sql, params, make, true).await?;
+                Ok::<_, ReaderError>(Fetched {
+                    payload,
+                    cacheable: keys.is_some(),
+                    post_query: keys.unwrap_or_default(),
+                })
+            })
+            .await
+    }
+}
+
+/// Runs the statement; with `keys`, also the keys of the rows' objects and
+/// their FK parents (`None` when the column origins could not be looked up:
+/// the result is then not cached, as its neighbour links would be missing).
+async fn read<P, M>(
+    client: &Client,
+    cache: &QueryCache,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    make: M,
+    keys: bool,
+) -> Result<(P, Option<Vec<cm_keys::Key>>), ReaderError>
+where
+    M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+{
+    let statement = client.prepare(sql).await?;
+    let rows = client.query(&statement, params).await?;
+    let set = RowSet::capture(statement.columns(), &rows)?;
+    let mut post_query = None;
+    if keys {
+        match cache.origins(client, statement.columns()).await {
+            Ok(origins) => {
+                post_query = Some(
+                    row_keys(&cache.space, &cache.model, &origins, &set)
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "looking up result column names failed; not caching");
+            }
+        }
+    }
+    let payload = make(&rows, set)?;
+    Ok((payload, post_query))
+}

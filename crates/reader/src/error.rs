@@ -1,0 +1,70 @@
+//! [`ReaderError`]: what a caller of the reader can see fail.
+//!
+//! Cache trouble is deliberately absent: a failing memcached degrades to a
+//! database read and a counted metric, never to an error.
+
+use thiserror::Error;
+
+/// Why a read through the [`crate::CachingClient`] failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReaderError {
+    /// The statement is not a plain `SELECT` (a write, DDL, a data-modifying
+    /// CTE, `SELECT INTO`, several statements): the reader refuses it rather
+    /// than pass a write through a read API.
+    #[error("only SELECT statements can be read through the cache: {reason}")]
+    NotASelect {
+        /// What the statement is instead.
+        reason: String,
+    },
+    /// The database refused or failed the statement (the same error an
+    /// uncached `tokio_postgres::Client` call would return).
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    /// `query_one` found no row.
+    #[error("query returned no rows, expected exactly one")]
+    NoRows,
+    /// `query_one` or `query_opt` found more than one row.
+    #[error("query returned {count} rows, expected at most one")]
+    TooManyRows {
+        /// How many rows came back.
+        count: usize,
+    },
+    /// A result column could not be read from a [`crate::CachedRow`].
+    #[error(transparent)]
+    Column(#[from] ColumnError),
+    /// `count` got something that is not one `int8`.
+    #[error("count query did not return one bigint: {0}")]
+    BadCount(String),
+    /// The reader's configuration is inconsistent.
+    #[error("bad reader configuration: {0}")]
+    Config(String),
+}
+
+/// Why [`crate::CachedRow::try_get`] could not produce a value.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ColumnError {
+    /// No column has this index or name.
+    #[error("no column {0}")]
+    NotFound(String),
+    /// The Rust type cannot be read from the column's SQL type.
+    #[error("column {column}: cannot convert SQL type {sql_type} to Rust type {rust_type}")]
+    WrongType {
+        /// Column name.
+        column: String,
+        /// The column's SQL type name.
+        sql_type: String,
+        /// The requested Rust type.
+        rust_type: &'static str,
+    },
+    /// The value did not decode (including NULL into a non-`Option`).
+    #[error("column {column}: {source}")]
+    Decode {
+        /// Column name.
+        column: String,
+        /// The `FromSql` error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

@@ -1,0 +1,377 @@
+//! The lookup-or-fill protocol shared by every cached read: one multi-get
+//! on a hit; on a miss, snapshot, lease, register, query, register, store
+//! only if the lease holds. Any cache failure degrades to a plain database
+//! read, counted, and never fails the caller.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cm_keys::{Heartbeat, Key};
+use cm_store::{Item, Lease, LeaseOutcome, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cache::QueryCache;
+use crate::entry::{self, Snapshot};
+
+/// What to look up and what to register for one cached value.
+#[derive(Debug, Clone)]
+pub(crate) struct CachePlan {
+    /// The `q:` key.
+    pub(crate) result: Key,
+    /// Generation keys to snapshot and check.
+    pub(crate) generations: Vec<Key>,
+    /// Flush lists to join before the value is computed.
+    pub(crate) pre_query: Vec<Key>,
+    /// Whether the value depends on the invalidator keeping up (everything
+    /// but pure TTL caching).
+    pub(crate) check_heartbeat: bool,
+    /// The value's TTL.
+    pub(crate) ttl: Duration,
+}
+
+/// What the fetch closure returns: the value and the flush lists to join
+/// after computing it.
+pub(crate) struct Fetched<P> {
+    pub(crate) payload: P,
+    pub(crate) post_query: Vec<Key>,
+    /// False when the value must not be stored (its registrations are
+    /// incomplete).
+    pub(crate) cacheable: bool,
+}
+
+/// What the first multi-get found.
+enum Lookup<P> {
+    Hit(P),
+    /// No valid value; the generations read are the fill's snapshot (some
+    /// may be missing and need creating).
+    Miss {
+        epoch: Option<u64>,
+        generations: Vec<Option<u64>>,
+        /// A value was there but is stale or undecodable.
+        refused: bool,
+    },
+    /// Do not use the cache for this read.
+    Bypass,
+}
+
+impl QueryCache {
+    /// Serves `plan` from the cache or computes it with `fetch`, filling the
+    /// cache when that is safe. Errors are `fetch`'s only.
+    pub(crate) async fn get_or_fill<P, E, F, Fut>(&self, plan: &CachePlan, fetch: F) -> Result<P, E>
+    where
+        P: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<P>, E>>,
+    {
+        let (epoch, generations) = match self.lookup::<P>(plan).await {
+            Lookup::Hit(payload) => {
+                self.metrics.hits();
+                return Ok(payload);
+            }
+            Lookup::Bypass => {
+                self.metrics.bypasses();
+                return fetch().await.map(|f| f.payload);
+            }
+            Lookup::Miss {
+                epoch,
+                generations,
+                refused,
+            } => {
+                // A refused value would answer the lease read as a hit and
+                // block every refill until its TTL: remove it first. Deleting
+                // a result is always safe (at worst a fresh one is refilled).
+                if refused {
+                    if let Err(error) = self.store.delete_many(&[plan.result.as_str()]).await {
+                        return self.degrade(error, fetch).await;
+                    }
+                }
+                (epoch, generations)
+            }
+        };
+        self.metrics.misses();
+        let snapshot = match self.snapshot(plan, epoch, generations).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => return self.degrade(error, fetch).await,
+        };
+        let lease = match self.lease::<P>(plan, &snapshot).await {
+            Ok(LeaseResult::Won(lease)) => lease,
+            Ok(LeaseResult::Hit(payload)) => {
+                self.metrics.hits();
+                return Ok(payload);
+            }
+            Ok(LeaseResult::ReadThrough) => {
+                self.metrics.bypasses();
+                return fetch().await.map(|f| f.payload);
+            }
+            Err(error) => return self.degrade(error, fetch).await,
+        };
+        let key = plan.result.as_str();
+        // Join the pre-query flush lists while holding the lease: from here
+        // on, an invalidation of any row that can change the result deletes
+        // the placeholder and voids the fill.
+        if let Err(error) = self.append(&plan.pre_query, key).await {
+            self.release(key, lease).await;
+            return self.degrade(error, fetch).await;
+        }
+        let fetched = match fetch().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.release(key, lease).await;
+                return Err(error);
+            }
+        };
+        if !fetched.cacheable {
+            self.release(key, lease).await;
+            return Ok(fetched.payload);
+        }
+        if let Err(error) = self.append(&fetched.post_query, key).await {
+            self.metrics.cache_errors();
+            tracing::warn!(%error, "registering a result's rows failed; not caching it");
+            self.release(key, lease).await;
+            return Ok(fetched.payload);
+        }
+        if let Some(hook) = &self.options.before_store {
+            hook().await;
+        }
+        self.store(plan, lease, &snapshot, &fetched.payload).await;
+        Ok(fetched.payload)
+    }
+
+    /// The one multi-get of a hit: result, epoch, heartbeat, generations.
+    async fn lookup<P: DeserializeOwned>(&self, plan: &CachePlan) -> Lookup<P> {
+        let epoch_key = self.space.epoch();
+        let heartbeat_key = self.space.heartbeat();
+        let mut keys: Vec<&str> = vec![
+            plan.result.as_str(),
+            epoch_key.as_str(),
+            heartbeat_key.as_str(),
+        ];
+        keys.extend(plan.generations.iter().map(Key::as_str));
+        let items = match self.store.get_many(&keys).await {
+            Ok(items) if items.len() == keys.len() => items,
+            Ok(_) => {
+                self.metrics.cache_errors();
+                return Lookup::Bypass;
+            }
+            Err(error) => {
+                self.metrics.cache_errors();
+                tracing::warn!(%error, "cache lookup failed; reading from the database");
+                return Lookup::Bypass;
+            }
+        };
+        if plan.check_heartbeat && !self.heartbeat_fresh(items[2].as_ref()) {
+            return Lookup::Bypass;
+        }
+        let epoch = items[1].as_ref().and_then(generation);
+        let generations: Vec<Option<u64>> = items[3..]
+            .iter()
+            .map(|item| item.as_ref().and_then(generation))
+            .collect();
+        let refused = items[0].is_some();
+        if let Some(item) = &items[0] {
+            match entry::decode::<P>(&item.value) {
+                Some(found) if valid(plan, &found.snapshot, epoch, &generations) => {
+                    return Lookup::Hit(found.payload);
+                }
+                Some(_) => self.metrics.stale_rejections(),
+                None => {
+                    self.metrics.cache_errors();
+                    tracing::warn!(key = %plan.result, "cached value does not decode; refilling");
+                }
+            }
+        }
+        Lookup::Miss {
+            epoch,
+            generations,
+            refused,
+        }
+    }
+
+    fn heartbeat_fresh(&self, item: Option<&Item>) -> bool {
+        let Some(heartbeat) = item.and_then(|i| Heartbeat::decode(&i.value)) else {
+            return false;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let age = now.saturating_sub(u128::from(heartbeat.emitted_unix_micros));
+        age <= self.options.max_staleness.as_micros()
+    }
+
+    /// The generations to fill under: those read, creating missing ones.
+    async fn snapshot(
+        &self,
+        plan: &CachePlan,
+        epoch: Option<u64>,
+        generations: Vec<Option<u64>>,
+    ) -> Result<Snapshot, StoreError> {
+        let epoch = match epoch {
+            Some(epoch) => epoch,
+            None => self
+                .store
+                .create_generation_if_missing(self.space.epoch().as_str())
+                .await?
+                .get(),
+        };
+        let mut out = Vec::with_capacity(generations.len());
+        for (key, value) in plan.generations.iter().zip(generations) {
+            let value = match value {
+                Some(value) => value,
+                None => self
+                    .store
+                    .create_generation_if_missing(key.as_str())
+                    .await?
+                    .get(),
+            };
+            out.push((key.as_str().to_owned(), value));
+        }
+        Ok(Snapshot {
+            epoch,
+            generations: out,
+        })
+    }
+
+    async fn lease<P: DeserializeOwned>(
+        &self,
+        plan: &CachePlan,
+        snapshot: &Snapshot,
+    ) -> Result<LeaseResult<P>, StoreError> {
+        let key = plan.result.as_str();
+        for attempt in 0..=self.options.lease_wait_attempts {
+            match self
+                .store
+                .get_with_lease(key, self.options.lease_ttl)
+                .await?
+            {
+                LeaseOutcome::Won(lease) => return Ok(LeaseResult::Won(lease)),
+                LeaseOutcome::Hit(bytes) => {
+                    // Filled since the lookup: valid only under our snapshot.
+                    return Ok(match entry::decode::<P>(&bytes) {
+                        Some(found) if found.snapshot == *snapshot => {
+                            LeaseResult::Hit(found.payload)
+                        }
+                        _ => LeaseResult::ReadThrough,
+                    });
+                }
+                LeaseOutcome::Stale(_) => return Ok(LeaseResult::ReadThrough),
+                LeaseOutcome::Wait if attempt < self.options.lease_wait_attempts => {
+                    tokio::time::sleep(self.options.lease_wait).await;
+                }
+                LeaseOutcome::Wait => {}
+            }
+        }
+        Ok(LeaseResult::ReadThrough)
+    }
+
+    async fn append(&self, lists: &[Key], member: &str) -> Result<(), StoreError> {
+        if lists.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = lists.iter().map(Key::as_str).collect();
+        self.store
+            .append_to_flush_lists(&keys, member, self.options.flush_list_ttl)
+            .await
+    }
+
+    async fn release(&self, key: &str, lease: Lease) {
+        if let Err(error) = self.store.release_lease(key, lease).await {
+            self.metrics.cache_errors();
+            tracing::debug!(%error, "releasing a lease failed; it expires on its own");
+        }
+    }
+
+    async fn store<P: Serialize>(
+        &self,
+        plan: &CachePlan,
+        lease: Lease,
+        snapshot: &Snapshot,
+        payload: &P,
+    ) {
+        let key = plan.result.as_str();
+        let bytes = match entry::encode(snapshot, payload) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.metrics.cache_errors();
+                tracing::warn!(%error, "result does not encode; not caching it");
+                self.release(key, lease).await;
+                return;
+            }
+        };
+        if bytes.len() > self.options.max_value_bytes {
+            self.metrics.oversized();
+            self.release(key, lease).await;
+            return;
+        }
+        match self
+            .store
+            .set_if_lease_valid(key, &bytes, plan.ttl, lease)
+            .await
+        {
+            Ok(true) => self.metrics.stores(),
+            // An invalidation deleted the placeholder while we filled: the
+            // value may be stale, and is dropped (the stale-set race).
+            Ok(false) => self.metrics.lease_lost(),
+            Err(StoreError::ValueTooLarge { .. }) => {
+                self.metrics.oversized();
+                self.release(key, lease).await;
+            }
+            Err(error) => {
+                self.metrics.cache_errors();
+                tracing::warn!(%error, "storing a result failed");
+                self.release(key, lease).await;
+            }
+        }
+    }
+
+    /// A cache failure on the way: count it and read through.
+    async fn degrade<P, E, F, Fut>(&self, error: StoreError, fetch: F) -> Result<P, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<P>, E>>,
+    {
+        self.metrics.cache_errors();
+        tracing::warn!(%error, "cache unavailable; reading from the database");
+        fetch().await.map(|f| f.payload)
+    }
+}
+
+enum LeaseResult<P> {
+    Won(Lease),
+    Hit(P),
+    ReadThrough,
+}
+
+/// A generation's stored form: decimal ASCII, maybe padded by INCR.
+fn generation(item: &Item) -> Option<u64> {
+    std::str::from_utf8(&item.value)
+        .ok()?
+        .trim_end_matches(' ')
+        .parse()
+        .ok()
+}
+
+/// Whether a value filled under `snapshot` is still valid given the epoch
+/// and generations just read. A missing one never matches.
+fn valid(
+    plan: &CachePlan,
+    snapshot: &Snapshot,
+    epoch: Option<u64>,
+    generations: &[Option<u64>],
+) -> bool {
+    if epoch != Some(snapshot.epoch) || snapshot.generations.len() != plan.generations.len() {
+        return false;
+    }
+    plan.generations
+        .iter()
+        .zip(generations)
+        .all(|(key, current)| {
+            current.is_some_and(|current| {
+                snapshot
+                    .generations
+                    .iter()
+                    .any(|(k, v)| k == key.as_str() && *v == current)
+            })
+        })
+}

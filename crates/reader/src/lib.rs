@@ -1,0 +1,69 @@
+//! The reader library: caches `SELECT` results over tokio-postgres, in
+//! memcached (or any [`cm_store::CacheStore`]), kept correct by the
+//! invalidator that follows PostgreSQL's logical replication stream.
+//!
+//! Services wrap their client in a [`CachingClient`] and read as usual
+//! (`query`, `query_one`, `query_opt`, `count`, `query_as`); rows come back
+//! as [`CachedRow`]s, read with `get::<T: FromSql>()` exactly like
+//! tokio-postgres rows. Nothing is declared: what a result depends on is
+//! discovered from the statement's plan (`EXPLAIN`: every base table, through
+//! views, joins and subqueries), its `WHERE` equalities (predicate and object
+//! keys) and its result columns' origins (row object keys and FK parents).
+//!
+//! * Hit: one multi-get of the result, the epoch, the invalidator's
+//!   heartbeat and the tables' generations; served only if the epoch and
+//!   every generation equal those the result was filled under and the
+//!   heartbeat is younger than `max_staleness` (`fill.rs`).
+//! * Miss: snapshot the generations, take the fill lease, join the flush
+//!   lists known before the query, run it, join the rows' flush lists, store
+//!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
+//! * Helpers: [`QueryCache::cached`] and [`QueryCache::cached_with`].
+//!
+//! ```no_run
+//! # async fn demo(client: tokio_postgres::Client, store: std::sync::Arc<dyn cm_store::CacheStore>)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use cm_keys::{KeySpace, SchemaConfig};
+//! use cm_reader::{CachingClient, QueryCache, QueryOptions, ReaderOptions};
+//!
+//! let cache = QueryCache::discover(&client, KeySpace::new("shop")?, store,
+//!     &SchemaConfig::default(), ReaderOptions::default()).await?;
+//! let client = CachingClient::new(client, Arc::new(cache));
+//! let books = client.query("SELECT id, title FROM book WHERE author_id = $1", &[&42i32]).await?;
+//! let title: &str = books[0].get("title");
+//! let n = client.with(QueryOptions::new().namespace("fr")).count("SELECT * FROM book", &[]).await?;
+//! # let _ = (title, n); Ok(()) }
+//! ```
+//!
+//! # What this crate must never do
+//!
+//! * Serve a result that a committed change could have altered, once the
+//!   invalidator has applied that change: everything that can make a result
+//!   stale is registered or snapshotted *before* its query runs, and a fill
+//!   stores only while its lease holds.
+//! * Serve anything while the invalidator's heartbeat is older than
+//!   `max_staleness`, or missing.
+//! * Cache inside a transaction, or cache anything but a plain `SELECT`
+//!   (writes are refused with [`ReaderError::NotASelect`]).
+//! * Fail a read because of the cache: cache errors degrade to a database
+//!   read and a counter.
+//! * Let a missing generation or epoch read as a match.
+
+mod cache;
+mod client;
+mod dependencies;
+mod entry;
+mod error;
+mod fill;
+mod metrics;
+mod options;
+mod plan;
+mod row;
+mod sql;
+
+pub use cache::{ObjectRef, QueryCache};
+pub use client::{CachedQuery, CachingClient};
+pub use error::{ColumnError, ReaderError};
+pub use metrics::MetricsSnapshot;
+pub use options::{BeforeStoreHook, QueryOptions, ReaderOptions};
+pub use row::{CachedColumn, CachedRow, ColumnIndex, RawValue};

@@ -1,0 +1,71 @@
+//! Counters of what the reader did, readable at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters; [`Metrics::snapshot`] reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    cache_errors: AtomicU64,
+    stale_rejections: AtomicU64,
+    stores: AtomicU64,
+    lease_lost: AtomicU64,
+    oversized: AtomicU64,
+}
+
+/// What the reader did since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Results served from the cache.
+    pub hits: u64,
+    /// Lookups that found no valid result and went to the database to fill it.
+    pub misses: u64,
+    /// Reads that went to the database without using the cache: `no_cache`,
+    /// a heartbeat older than `max_staleness` or missing, a statement that
+    /// cannot be cached, another caller holding the fill lease, the cache
+    /// being unreachable (also counted in `cache_errors`).
+    pub bypasses: u64,
+    /// Cache operations that failed (each degraded to a database read).
+    pub cache_errors: u64,
+    /// Cached results found but refused: their epoch or a table generation
+    /// changed since they were filled.
+    pub stale_rejections: u64,
+    /// Results stored.
+    pub stores: u64,
+    /// Fills that did not store because their lease was voided in between
+    /// (an invalidation won the race).
+    pub lease_lost: u64,
+    /// Results not stored because they exceed `max_value_bytes`.
+    pub oversized: u64,
+}
+
+macro_rules! counters {
+    ($($name:ident),*) => {
+        impl Metrics {
+            $(
+                pub(crate) fn $name(&self) {
+                    self.$name.fetch_add(1, Ordering::Relaxed);
+                }
+            )*
+
+            pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters!(
+    hits,
+    misses,
+    bypasses,
+    cache_errors,
+    stale_rejections,
+    stores,
+    lease_lost,
+    oversized
+);

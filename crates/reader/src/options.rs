@@ -1,0 +1,174 @@
+//! Reader-wide settings ([`ReaderOptions`]) and per-query ones
+//! ([`QueryOptions`]).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_keys::TableName;
+use cm_store::{DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD};
+
+use crate::error::ReaderError;
+
+/// A test hook run on the miss path after the query and the post-query
+/// registrations, just before the result is stored. See
+/// [`ReaderOptions::before_store`].
+pub type BeforeStoreHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Settings shared by every query of one [`crate::QueryCache`].
+#[derive(Clone)]
+pub struct ReaderOptions {
+    /// TTL of a cached result when the query does not set one (default 5 min).
+    pub default_ttl: Duration,
+    /// TTL of every flush list this reader appends to. The store resets a
+    /// list's TTL on each append, so every process appending to the same
+    /// lists must use the same value, and it must be at least the longest
+    /// result TTL: a list that expires before its members leaves them
+    /// impossible to invalidate. Per-query TTLs above it are capped to it.
+    /// Default 1 day.
+    pub flush_list_ttl: Duration,
+    /// Serve nothing from the cache (and fill nothing) while the
+    /// invalidator's heartbeat is older than this, or missing (default 5 s).
+    pub max_staleness: Duration,
+    /// How long a fill lease (the placeholder on a missing result) lives; a
+    /// query slower than this cannot store its result (default 10 s).
+    pub lease_ttl: Duration,
+    /// How often a caller that finds another caller filling the same result
+    /// looks again before reading through (default 5).
+    pub lease_wait_attempts: u32,
+    /// The pause between those looks (default 20 ms).
+    pub lease_wait: Duration,
+    /// The largest encoded result stored; bigger ones are served uncached.
+    /// Must not exceed what the store accepts (default: memcached's 1 MiB
+    /// item limit minus the store's per-item overhead).
+    pub max_value_bytes: usize,
+    /// How many distinct statements' plans are kept in process (default 4096).
+    pub statement_cache_capacity: usize,
+    /// Test hook, run after a miss's query and before its store; `None` in
+    /// production. Lets a test invalidate in that window (the stale-set race).
+    pub before_store: Option<BeforeStoreHook>,
+}
+
+impl fmt::Debug for ReaderOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReaderOptions")
+            .field("default_ttl", &self.default_ttl)
+            .field("flush_list_ttl", &self.flush_list_ttl)
+            .field("max_staleness", &self.max_staleness)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_wait_attempts", &self.lease_wait_attempts)
+            .field("lease_wait", &self.lease_wait)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("before_store", &self.before_store.is_some())
+            .finish()
+    }
+}
+
+impl Default for ReaderOptions {
+    fn default() -> ReaderOptions {
+        ReaderOptions {
+            default_ttl: Duration::from_secs(300),
+            flush_list_ttl: Duration::from_secs(24 * 60 * 60),
+            max_staleness: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
+            lease_wait_attempts: 5,
+            lease_wait: Duration::from_millis(20),
+            max_value_bytes: DEFAULT_ITEM_SIZE_LIMIT - ITEM_OVERHEAD,
+            statement_cache_capacity: 4096,
+            before_store: None,
+        }
+    }
+}
+
+impl ReaderOptions {
+    /// Checks that the settings fit together.
+    pub fn validate(&self) -> Result<(), ReaderError> {
+        if self.default_ttl > self.flush_list_ttl {
+            return Err(ReaderError::Config(format!(
+                "default_ttl {:?} exceeds flush_list_ttl {:?}: results would outlive the \
+                 flush lists that invalidate them",
+                self.default_ttl, self.flush_list_ttl
+            )));
+        }
+        if self.lease_ttl.is_zero() {
+            return Err(ReaderError::Config("lease_ttl is zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The TTL a result is stored with: the query's or the default, capped
+    /// to the flush-list TTL.
+    pub(crate) fn result_ttl(&self, query: &QueryOptions) -> Duration {
+        query
+            .ttl
+            .unwrap_or(self.default_ttl)
+            .min(self.flush_list_ttl)
+    }
+}
+
+/// Options for one query; build with the chained setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use cm_keys::TableName;
+/// use cm_reader::QueryOptions;
+///
+/// let options = QueryOptions::new()
+///     .ttl(Duration::from_secs(60))
+///     .namespace("tenant-42")
+///     .depends_on(TableName::new("public", "price_list"));
+/// assert!(!options.is_no_cache());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) no_cache: bool,
+    pub(crate) namespace: String,
+    pub(crate) extra_tables: Vec<TableName>,
+}
+
+impl QueryOptions {
+    /// The defaults: reader's TTL, cached, no namespace, no extra tables.
+    pub fn new() -> QueryOptions {
+        QueryOptions::default()
+    }
+
+    /// Keep the result this long (capped to the flush-list TTL).
+    pub fn ttl(mut self, ttl: Duration) -> QueryOptions {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Read straight from the database; neither read nor fill the cache.
+    pub fn no_cache(mut self) -> QueryOptions {
+        self.no_cache = true;
+        self
+    }
+
+    /// Whether [`QueryOptions::no_cache`] was set.
+    pub fn is_no_cache(&self) -> bool {
+        self.no_cache
+    }
+
+    /// Keep this result apart from the same query under another namespace
+    /// (a tenant, a locale: whatever the statement text does not show but
+    /// the result depends on). Session state that changes what a statement
+    /// reads or returns must be named here, because connections share the
+    /// cache: `search_path` (which tables the names mean), the role under
+    /// row-level security, `TimeZone` and `DateStyle` for text conversions.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> QueryOptions {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Also depend on `table` as a whole: for tables the plan cannot show,
+    /// e.g. those a function reads. A table outside the schema model makes
+    /// the query read through (nothing would invalidate it).
+    pub fn depends_on(mut self, table: TableName) -> QueryOptions {
+        self.extra_tables.push(table);
+        self
+    }
+}
