@@ -17,6 +17,9 @@ use crate::apply::Applied;
 use crate::heartbeat::unix_micros_now;
 use crate::txn::TxnInvalidations;
 
+/// Registering a metric failed.
+pub use prometheus::Error as MetricsError;
+
 /// The worker's metrics (prefix `cm_invalidator_`).
 pub struct Metrics {
     registry: Registry,

@@ -1,0 +1,210 @@
+//! The embedded mode: a service's reader cache and its invalidator in one
+//! process, over the in-process [`MemoryStore`], with no memcached.
+//!
+//! When to use which:
+//!
+//! * **Embedded** (this crate): one instance of one service, or a demo. The
+//!   cache lives in the process's memory and dies with it; the invalidator
+//!   task streams the database's changes into it. Two instances would each
+//!   need their own replication slot, and their caches would not be shared.
+//! * **memcached + `cm-invalidator`** (the default for production): any
+//!   number of service instances, in any language, share one cache; one
+//!   invalidator per database keeps it correct and exposes metrics.
+//!
+//! Invalidation is the same code either way ([`cm_invalidator::worker`]),
+//! with the same guarantees: a change is applied before its position is
+//! confirmed, a restart replays what was not, and readers bypass the cache
+//! while the invalidator's heartbeat is older than `max_staleness`.
+//!
+//! What this crate must never do: share its slot with another process, or
+//! serve from the cache before the invalidator has started streaming (the
+//! heartbeat check guarantees that).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_invalidator::config::InvalidatorConfig;
+use cm_invalidator::heartbeat::{emit_forever, message_prefix};
+use cm_invalidator::metrics::Metrics;
+use cm_invalidator::setup;
+use cm_invalidator::worker::Worker;
+use cm_keys::{discover, KeySpace, SchemaConfig, SchemaModel};
+use cm_reader::{CachingClient, QueryCache, ReaderOptions};
+use cm_store::{CacheStore, MemoryStore, MemoryStoreConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// What an embedded cache needs.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Connection string; the role needs REPLICATION for the stream.
+    pub postgres_url: String,
+    /// This process's own replication slot.
+    pub slot: String,
+    /// The publication streamed (created FOR ALL TABLES when missing).
+    pub publication: String,
+    /// Key prefix inside the in-process store.
+    pub prefix: String,
+    /// The table mapping (the `[schema]` section of a configuration).
+    pub schema: SchemaConfig,
+    /// Reader behaviour (TTLs, max_staleness...).
+    pub reader: ReaderOptions,
+    /// Limits of the in-process store.
+    pub store: MemoryStoreConfig,
+    /// Heartbeat interval of the in-process invalidator.
+    pub heartbeat_interval: Duration,
+}
+
+impl EmbeddedOptions {
+    /// Defaults for a database: slot and publication `cm_embedded`, prefix
+    /// `cm`, a 64 MiB store, heartbeats every 200 ms.
+    pub fn new(postgres_url: impl Into<String>) -> EmbeddedOptions {
+        EmbeddedOptions {
+            postgres_url: postgres_url.into(),
+            slot: "cm_embedded".into(),
+            publication: "cm_embedded".into(),
+            prefix: "cm".into(),
+            schema: SchemaConfig::default(),
+            reader: ReaderOptions::default(),
+            store: MemoryStoreConfig {
+                max_bytes: Some(64 * 1024 * 1024),
+                ..MemoryStoreConfig::default()
+            },
+            heartbeat_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why the embedded cache could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// The options do not form a valid worker configuration.
+    #[error("embedded configuration: {0}")]
+    Config(#[from] cm_invalidator::config::ConfigError),
+    /// Creating the publication or slot failed.
+    #[error("setting up replication: {0}")]
+    Setup(#[from] cm_invalidator::setup::SetupError),
+    /// The database is unreachable.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Discovering the schema failed.
+    #[error("schema: {0}")]
+    Catalog(#[from] cm_keys::CatalogError),
+    /// The mapping does not fit the schema.
+    #[error("schema mapping: {0}")]
+    Mapping(#[from] cm_keys::ConfigError),
+    /// The key prefix is invalid.
+    #[error("prefix: {0}")]
+    Prefix(#[from] cm_keys::PrefixError),
+    /// The reader refused its options.
+    #[error("reader: {0}")]
+    Reader(#[from] cm_reader::ReaderError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] cm_invalidator::metrics::MetricsError),
+}
+
+/// A caching client and the invalidator feeding its store.
+pub struct EmbeddedCache {
+    client: CachingClient,
+    store: Arc<MemoryStore>,
+    space: KeySpace,
+    stop: watch::Sender<bool>,
+    worker: JoinHandle<Result<(), cm_invalidator::worker::WorkerError>>,
+    heartbeat: JoinHandle<()>,
+}
+
+impl EmbeddedCache {
+    /// Creates the publication and slot when missing, starts the
+    /// invalidator task and the heartbeat, and returns the caching client.
+    pub async fn start(options: EmbeddedOptions) -> Result<EmbeddedCache, EmbeddedError> {
+        let config = worker_config(&options)?;
+        let sql = connect(&options.postgres_url).await?;
+        let steps = setup::plan(&sql, &config).await?;
+        setup::apply(&sql, &config, &steps).await?;
+        let model = Arc::new(SchemaModel::build(discover(&sql).await?, &options.schema)?);
+        let space = KeySpace::new(options.prefix.clone())?;
+        let store = Arc::new(MemoryStore::new(options.store.clone()));
+        let shared: Arc<dyn CacheStore> = store.clone();
+        let worker = Worker::new(
+            config,
+            space.clone(),
+            Arc::clone(&shared),
+            (*model).clone(),
+            Arc::new(Metrics::new()?),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let worker = tokio::spawn(worker.run(stop_rx));
+        let heartbeat = tokio::spawn(emit_forever(
+            options.postgres_url.clone(),
+            message_prefix(space.prefix()),
+            options.heartbeat_interval,
+        ));
+        let cache = QueryCache::new(space.clone(), shared, model, options.reader.clone())?;
+        Ok(EmbeddedCache {
+            client: CachingClient::new(sql, Arc::new(cache)),
+            store,
+            space,
+            stop,
+            worker,
+            heartbeat,
+        })
+    }
+
+    /// The caching client: query through it as with tokio-postgres.
+    pub fn client(&self) -> &CachingClient {
+        &self.client
+    }
+
+    /// The in-process store (for inspection and tests).
+    pub fn store(&self) -> &Arc<MemoryStore> {
+        &self.store
+    }
+
+    /// The key space.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.space
+    }
+
+    /// Stops the invalidator (its current transaction stays unconfirmed and
+    /// is replayed next time) and the heartbeat.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.heartbeat.abort();
+        if let Ok(Err(error)) = self.worker.await {
+            tracing::warn!(%error, "embedded invalidator ended with an error");
+        }
+    }
+}
+
+/// The worker configuration for these options (the memcached settings are
+/// unused: the store is in-process).
+fn worker_config(options: &EmbeddedOptions) -> Result<InvalidatorConfig, EmbeddedError> {
+    let toml = format!(
+        "[postgres]\nurl = {url:?}\nslot = {slot:?}\npublication = {publication:?}\n\
+         [cache]\nservers = [\"in-process:0\"]\nprefix = {prefix:?}\n\
+         [worker]\nheartbeat_interval_ms = {heartbeat}\nmax_backoff_ms = 2000\n",
+        url = options.postgres_url,
+        slot = options.slot,
+        publication = options.publication,
+        prefix = options.prefix,
+        heartbeat = options.heartbeat_interval.as_millis().max(1),
+    );
+    use figment::providers::Format;
+    let figment = figment::Figment::from(figment::providers::Toml::string(&toml));
+    Ok(InvalidatorConfig::from_figment(
+        &figment,
+        "embedded options",
+    )?)
+}
+
+async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "embedded sql connection closed");
+        }
+    });
+    Ok(client)
+}
