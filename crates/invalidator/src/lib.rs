@@ -17,6 +17,7 @@ pub mod check;
 pub mod config;
 pub mod heartbeat;
 pub mod identity;
+pub mod inspect;
 pub mod metrics;
 pub mod pipeline;
 pub mod setup;

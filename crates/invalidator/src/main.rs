@@ -13,8 +13,10 @@ use cm_invalidator::assemble;
 use cm_invalidator::check::{cache_finding, database_findings, has_problem, render_table};
 use cm_invalidator::config::{InvalidatorConfig, LogFormat};
 use cm_invalidator::heartbeat::unix_micros_now;
+use cm_invalidator::inspect;
 use cm_invalidator::setup;
 use cm_keys::{Heartbeat, KeySpace};
+use cm_reader::inspect::{inspect_with, InspectOptions};
 
 /// Invalidates cached PostgreSQL query results from the WAL.
 #[derive(Parser)]
@@ -54,16 +56,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Consistency check: fence, wait until the worker applied it, re-run the
+    /// cached queries (from the readers' inspection registry) and compare.
+    /// Exit 0: nothing stale; 1: stale results found; 2: the check failed.
+    Inspect {
+        /// Check at most this many cached results, chosen at random.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the worker to apply the fence, in seconds.
+        #[arg(long, default_value_t = 30)]
+        fence_timeout_secs: u64,
+        /// How far back to read the inspection registry, in seconds: the
+        /// readers' flush-list TTL.
+        #[arg(long, default_value_t = 86_400)]
+        registry_window_secs: u64,
+    },
 }
+
+/// `inspect`'s exit code when the check itself fails.
+const INSPECT_ERROR: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let failure = match cli.command {
+        Command::Inspect { .. } => ExitCode::from(INSPECT_ERROR),
+        _ => ExitCode::FAILURE,
+    };
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cm-invalidator: {e:#}");
-            ExitCode::FAILURE
+            failure
         }
     }
 }
@@ -77,6 +104,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check { json } => run_check(&config, &figment, json).await,
         Command::Run => run_worker(config, &figment).await,
         Command::Status { json } => run_status(&config, json).await,
+        Command::Inspect {
+            sample,
+            json,
+            fence_timeout_secs,
+            registry_window_secs,
+        } => {
+            let options = InspectOptions {
+                sample,
+                fence_timeout: Duration::from_secs(fence_timeout_secs),
+                ..InspectOptions::default()
+            };
+            let window = Duration::from_secs(registry_window_secs);
+            run_inspect(&config, &figment, &options, window, json).await
+        }
     }
 }
 
@@ -174,6 +215,28 @@ async fn run_worker(config: InvalidatorConfig, figment: &figment::Figment) -> Re
     worker.run(stop_rx).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_inspect(
+    config: &InvalidatorConfig,
+    figment: &figment::Figment,
+    options: &InspectOptions,
+    registry_window: Duration,
+    json: bool,
+) -> Result<ExitCode> {
+    let client = connect(config).await?;
+    let cache = inspect::query_cache(config, figment, registry_window).await?;
+    let report = inspect_with(&client, &cache, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", inspect::render_report(&report));
+    }
+    Ok(if report.has_stale() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run_status(config: &InvalidatorConfig, json: bool) -> Result<ExitCode> {

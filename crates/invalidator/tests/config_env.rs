@@ -17,7 +17,10 @@ fn environment_overrides_the_file_and_the_config_path_variable_is_not_a_key() {
     std::env::set_var("CM_INVALIDATOR_CONFIG", "/some/where.toml");
     std::env::set_var("CM_INVALIDATOR_WORKER__KEY_BUDGET", "77");
     // What docker-compose.yml passes: a list in one variable.
-    std::env::set_var("CM_INVALIDATOR_CACHE__SERVERS", r#"["memcached:11211", "b:2"]"#);
+    std::env::set_var(
+        "CM_INVALIDATOR_CACHE__SERVERS",
+        r#"["memcached:11211", "b:2"]"#,
+    );
     let config = load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n");
     std::env::remove_var("CM_INVALIDATOR_CONFIG");
     std::env::remove_var("CM_INVALIDATOR_WORKER__KEY_BUDGET");

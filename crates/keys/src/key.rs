@@ -179,6 +179,14 @@ impl KeySpace {
         self.predicate(table, &[])
     }
 
+    /// `f`: one time bucket of the inspection registry: the `q:` keys of
+    /// results stored during that bucket (readers choose the bucket, e.g.
+    /// minutes since the Unix epoch), for the consistency checker to
+    /// enumerate. Nothing the invalidator derives ever names it.
+    pub fn registry(&self, bucket: u64) -> Key {
+        self.make(KeyKind::FlushList, &[b"registry", &bucket.to_be_bytes()])
+    }
+
     /// `g`: the generation of one table (its partition root for a partition).
     pub fn table_generation(&self, table: &TableName) -> Key {
         self.make(

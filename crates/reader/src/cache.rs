@@ -3,6 +3,7 @@
 //! statement cache and the counters.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, Column};
 
 use crate::dependencies::{self, ColumnOrigins, Param};
+use crate::entry::{Source, SourceParam};
 use crate::error::ReaderError;
 use crate::fill::{CachePlan, Fetched};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -51,6 +53,8 @@ pub struct QueryCache {
     pub(crate) statements: StatementCache,
     attribute_names: Mutex<HashMap<u32, Arc<HashMap<i16, String>>>>,
     pub(crate) metrics: Metrics,
+    /// The registry bucket found full (no more appends to it).
+    pub(crate) registry_full: AtomicU64,
 }
 
 impl QueryCache {
@@ -71,6 +75,7 @@ impl QueryCache {
             options,
             attribute_names: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            registry_full: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -127,6 +132,7 @@ impl QueryCache {
             pre_query: Vec::new(),
             check_heartbeat: false,
             ttl: ttl.min(self.options.flush_list_ttl),
+            source: None,
         };
         self.get_or_fill(&plan, || async {
             compute().await.map(|payload| Fetched {
@@ -176,6 +182,7 @@ impl QueryCache {
             pre_query: vec![object_key],
             check_heartbeat: true,
             ttl: ttl.min(self.options.flush_list_ttl),
+            source: None,
         };
         self.get_or_fill(&plan, || async {
             compute().await.map(|payload| Fetched {
@@ -238,6 +245,18 @@ impl QueryCache {
             .collect(),
             check_heartbeat: true,
             ttl: self.options.result_ttl(options),
+            source: Some(Source {
+                kind: kind.to_owned(),
+                namespace: options.namespace.clone(),
+                sql: sql.to_owned(),
+                params: params
+                    .iter()
+                    .map(|p| SourceParam {
+                        type_oid: p.type_oid,
+                        bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
+                    })
+                    .collect(),
+            }),
         })
     }
 

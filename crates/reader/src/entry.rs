@@ -1,5 +1,12 @@
-//! The value stored under a `q:` key: what it was filled under, then the
-//! payload, encoded with rmp-serde.
+//! The value stored under a `q:` key: what it was filled under, the query it
+//! came from, then the payload, encoded with rmp-serde (as an array:
+//! `[version, snapshot, source, payload]`).
+//!
+//! Version 2 added `source` (the statement text, namespace, result kind and
+//! parameters as type oid and binary bytes or NULL), so the consistency
+//! checker can re-run the query; it is `None` for values that do not come
+//! from one statement (`QueryCache::cached`, `cached_with`). Entries of
+//! version 1 read as misses and are refilled.
 //!
 //! A hit is valid only while the epoch and every generation recorded here
 //! equal the ones read in the same multi-get; a generation key recorded here
@@ -9,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes: an entry of another version is a miss.
-const ENTRY_VERSION: u8 = 1;
+const ENTRY_VERSION: u8 = 2;
 
 /// Epoch and table generations at the time a fill started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,28 +27,56 @@ pub(crate) struct Snapshot {
     pub(crate) generations: Vec<(String, u64)>,
 }
 
+/// The payload kind of a result read as rows (`query`, `query_one`,
+/// `query_opt`, `count`): a `RowSet` the checker can compare byte for byte.
+pub(crate) const ROWS_KIND: &str = "rows";
+
+/// One parameter as it was sent: type oid and binary bytes (`None` for NULL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SourceParam {
+    pub(crate) type_oid: u32,
+    pub(crate) bytes: Option<serde_bytes::ByteBuf>,
+}
+
+/// The statement a cached result came from: enough to run it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Source {
+    /// What the payload is: [`ROWS_KIND`], or `as:<type>` for `query_as`.
+    pub(crate) kind: String,
+    /// The query's namespace (`QueryOptions::namespace`).
+    pub(crate) namespace: String,
+    /// The statement as sent (for `count`, the wrapping `SELECT count(*)`).
+    pub(crate) sql: String,
+    /// The parameters with the types the statement was prepared with.
+    pub(crate) params: Vec<SourceParam>,
+}
+
 /// One cached value.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Entry<P> {
     pub(crate) version: u8,
     pub(crate) snapshot: Snapshot,
+    pub(crate) source: Option<Source>,
     pub(crate) payload: P,
 }
 
-/// Encodes `payload` filled under `snapshot`.
+/// Encodes `payload` filled under `snapshot` from `source`.
 pub(crate) fn encode<P: Serialize>(
     snapshot: &Snapshot,
+    source: Option<&Source>,
     payload: &P,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     #[derive(Serialize)]
     struct EntryRef<'a, P> {
         version: u8,
         snapshot: &'a Snapshot,
+        source: Option<&'a Source>,
         payload: &'a P,
     }
     rmp_serde::to_vec(&EntryRef {
         version: ENTRY_VERSION,
         snapshot,
+        source,
         payload,
     })
 }
@@ -63,17 +98,40 @@ mod tests {
             epoch: 7,
             generations: vec![("p:g:1".into(), u64::MAX)],
         };
-        let bytes = encode(&snapshot, &vec![1i64, 2]).unwrap();
+        let source = Source {
+            kind: ROWS_KIND.into(),
+            namespace: "fr".into(),
+            sql: "SELECT $1::int".into(),
+            params: vec![
+                SourceParam {
+                    type_oid: 23,
+                    bytes: Some(serde_bytes::ByteBuf::from(vec![0, 0, 0, 7])),
+                },
+                SourceParam {
+                    type_oid: 25,
+                    bytes: None,
+                },
+            ],
+        };
+        let bytes = encode(&snapshot, Some(&source), &vec![1i64, 2]).unwrap();
         let entry: Entry<Vec<i64>> = decode(&bytes).unwrap();
         assert_eq!(entry.snapshot, snapshot);
+        assert_eq!(entry.source, Some(source));
         assert_eq!(entry.payload, vec![1, 2]);
         assert!(decode::<Vec<String>>(&bytes).is_none());
+        // The checker reads the head without knowing the payload type.
+        let head: Entry<serde::de::IgnoredAny> = decode(&bytes).unwrap();
+        assert_eq!(head.snapshot, snapshot);
         let other = rmp_serde::to_vec(&Entry {
             version: 9,
-            snapshot,
+            snapshot: snapshot.clone(),
+            source: None,
             payload: 1u8,
         })
         .unwrap();
         assert!(decode::<u8>(&other).is_none());
+        // Version 1 entries (no source) are misses.
+        let v1 = rmp_serde::to_vec(&(1u8, &snapshot, 1u8)).unwrap();
+        assert!(decode::<u8>(&v1).is_none());
     }
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::QueryCache;
-use crate::entry::{self, Snapshot};
+use crate::entry::{self, Snapshot, Source};
 
 /// What to look up and what to register for one cached value.
 #[derive(Debug, Clone)]
@@ -28,6 +28,10 @@ pub(crate) struct CachePlan {
     pub(crate) check_heartbeat: bool,
     /// The value's TTL.
     pub(crate) ttl: Duration,
+    /// The statement the value comes from, recorded in the entry and, with
+    /// [`crate::ReaderOptions::inspection_registry`], registered for the
+    /// checker; `None` for values computed by the caller.
+    pub(crate) source: Option<Source>,
 }
 
 /// What the fetch closure returns: the value and the flush lists to join
@@ -125,7 +129,11 @@ impl QueryCache {
             self.release(key, lease).await;
             return Ok(fetched.payload);
         }
-        if let Err(error) = self.append(&fetched.post_query, key).await {
+        let (registered, _) = tokio::join!(
+            self.append(&fetched.post_query, key),
+            self.register_for_inspection(plan, key)
+        );
+        if let Err(error) = registered {
             self.metrics.cache_errors();
             tracing::warn!(%error, "registering a result's rows failed; not caching it");
             self.release(key, lease).await;
@@ -290,7 +298,7 @@ impl QueryCache {
         payload: &P,
     ) {
         let key = plan.result.as_str();
-        let bytes = match entry::encode(snapshot, payload) {
+        let bytes = match entry::encode(snapshot, plan.source.as_ref(), payload) {
             Ok(bytes) => bytes,
             Err(error) => {
                 self.metrics.cache_errors();
@@ -344,7 +352,7 @@ enum LeaseResult<P> {
 }
 
 /// A generation's stored form: decimal ASCII, maybe padded by INCR.
-fn generation(item: &Item) -> Option<u64> {
+pub(crate) fn generation(item: &Item) -> Option<u64> {
     std::str::from_utf8(&item.value)
         .ok()?
         .trim_end_matches(' ')
@@ -360,18 +368,33 @@ fn valid(
     epoch: Option<u64>,
     generations: &[Option<u64>],
 ) -> bool {
-    if epoch != Some(snapshot.epoch) || snapshot.generations.len() != plan.generations.len() {
+    let keys: Vec<&str> = plan.generations.iter().map(Key::as_str).collect();
+    servable(&keys, snapshot, epoch, generations)
+}
+
+/// The hit-path validity rule: the epoch read equals the snapshot's, the
+/// snapshot covers exactly `keys`, and each generation read (in `keys`'
+/// order) equals the snapshot's value for that key. A missing epoch or
+/// generation never matches. The checker applies the same rule with the
+/// snapshot's own keys.
+pub(crate) fn servable(
+    keys: &[&str],
+    snapshot: &Snapshot,
+    epoch: Option<u64>,
+    generations: &[Option<u64>],
+) -> bool {
+    if epoch != Some(snapshot.epoch)
+        || snapshot.generations.len() != keys.len()
+        || generations.len() != keys.len()
+    {
         return false;
     }
-    plan.generations
-        .iter()
-        .zip(generations)
-        .all(|(key, current)| {
-            current.is_some_and(|current| {
-                snapshot
-                    .generations
-                    .iter()
-                    .any(|(k, v)| k == key.as_str() && *v == current)
-            })
+    keys.iter().zip(generations).all(|(key, current)| {
+        current.is_some_and(|current| {
+            snapshot
+                .generations
+                .iter()
+                .any(|(k, v)| k == key && *v == current)
         })
+    })
 }

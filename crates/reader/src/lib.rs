@@ -18,6 +18,8 @@
 //!   lists known before the query, run it, join the rows' flush lists, store
 //!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
 //! * Helpers: [`QueryCache::cached`] and [`QueryCache::cached_with`].
+//! * Checking: [`inspect::inspect`] re-runs the cached statements (listed
+//!   in the inspection registry) after a fence and reports stale results.
 //!
 //! ```no_run
 //! # async fn demo(client: tokio_postgres::Client, store: std::sync::Arc<dyn cm_store::CacheStore>)
@@ -55,9 +57,11 @@ mod dependencies;
 mod entry;
 mod error;
 mod fill;
+pub mod inspect;
 mod metrics;
 mod options;
 mod plan;
+mod registry;
 mod row;
 mod sql;
 

@@ -46,6 +46,16 @@ pub struct ReaderOptions {
     pub max_value_bytes: usize,
     /// How many distinct statements' plans are kept in process (default 4096).
     pub statement_cache_capacity: usize,
+    /// Record every stored statement result in the inspection registry
+    /// (default on), so the consistency checker (`crate::inspect`) can
+    /// enumerate what is cached. Costs one more flush-list append per fill
+    /// (a `q:` key of about 40 bytes), sent concurrently with the fill's row
+    /// registrations, so it adds no round trip; its failures are ignored.
+    /// The registry is a flush list per minute of fills (see
+    /// `KeySpace::registry`) with the flush-list TTL; a minute that
+    /// overflows memcached's item size stops recording for the rest of that
+    /// minute, so the checker sees a bounded, possibly partial list.
+    pub inspection_registry: bool,
     /// Test hook, run after a miss's query and before its store; `None` in
     /// production. Lets a test invalidate in that window (the stale-set race).
     pub before_store: Option<BeforeStoreHook>,
@@ -62,6 +72,7 @@ impl fmt::Debug for ReaderOptions {
             .field("lease_wait", &self.lease_wait)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("inspection_registry", &self.inspection_registry)
             .field("before_store", &self.before_store.is_some())
             .finish()
     }
@@ -78,6 +89,7 @@ impl Default for ReaderOptions {
             lease_wait: Duration::from_millis(20),
             max_value_bytes: DEFAULT_ITEM_SIZE_LIMIT - ITEM_OVERHEAD,
             statement_cache_capacity: 4096,
+            inspection_registry: true,
             before_store: None,
         }
     }

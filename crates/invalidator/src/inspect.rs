@@ -1,0 +1,135 @@
+//! `inspect`: the consistency checker on the command line. Builds the
+//! reader's [`QueryCache`] the way a reader of this deployment would (key
+//! prefix, memcached servers and schema model from this configuration) and
+//! renders [`cm_reader::inspect::InspectionReport`]s.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_keys::KeySpace;
+use cm_reader::inspect::InspectionReport;
+use cm_reader::{QueryCache, ReaderError, ReaderOptions};
+use figment::Figment;
+
+use crate::assemble::{self, StartError};
+use crate::config::InvalidatorConfig;
+
+/// Why the reader's view of the cache could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectSetupError {
+    /// Store, key prefix or schema model.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The reader refused the options.
+    #[error("reader options: {0}")]
+    Reader(#[from] ReaderError),
+}
+
+/// The cache as readers of this deployment see it. `registry_window` is how
+/// far back the inspection registry is read: the readers' flush-list TTL
+/// (the reader's default is one day).
+pub async fn query_cache(
+    config: &InvalidatorConfig,
+    figment: &Figment,
+    registry_window: Duration,
+) -> Result<QueryCache, InspectSetupError> {
+    let space = KeySpace::new(config.cache.prefix.clone()).map_err(StartError::from)?;
+    let store = assemble::store(config).await?;
+    let model = assemble::schema_model(config, figment).await?;
+    let defaults = ReaderOptions::default();
+    let options = ReaderOptions {
+        flush_list_ttl: registry_window,
+        default_ttl: defaults.default_ttl.min(registry_window),
+        ..defaults
+    };
+    Ok(QueryCache::new(space, store, Arc::new(model), options)?)
+}
+
+/// The report for humans: the counts, then each stale and failed result.
+pub fn render_report(report: &InspectionReport) -> String {
+    let s = &report.skipped_by_reason;
+    let mut out = String::new();
+    let _ = writeln!(out, "fence LSN    {}", report.fence_lsn);
+    let _ = writeln!(out, "registered   {}", report.registered);
+    let _ = writeln!(out, "checked      {}", report.checked);
+    let _ = writeln!(
+        out,
+        "skipped      {} (not cached {}, not servable {}, not row sets {}, unreadable {}, \
+         changed during check {})",
+        report.skipped,
+        s.not_cached,
+        s.not_servable,
+        s.not_rows,
+        s.unreadable,
+        s.changed_during_check
+    );
+    let _ = writeln!(out, "stale        {}", report.stale.len());
+    let _ = writeln!(out, "failed       {}", report.failed.len());
+    for stale in &report.stale {
+        let _ = writeln!(out, "\nSTALE {}", stale.key);
+        let _ = writeln!(out, "  sql        {}", one_line(&stale.sql));
+        if !stale.namespace.is_empty() {
+            let _ = writeln!(out, "  namespace  {:?}", stale.namespace);
+        }
+        for (i, param) in stale.params.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  ${:<9} oid {} {}",
+                i + 1,
+                param.type_oid,
+                param
+                    .hex
+                    .as_deref()
+                    .map_or_else(|| "NULL".to_owned(), |h| format!("\\x{h}"))
+            );
+        }
+        let _ = writeln!(out, "  diff       {}", stale.diff);
+    }
+    for failed in &report.failed {
+        let _ = writeln!(out, "\nFAILED {}", failed.key);
+        let _ = writeln!(out, "  sql        {}", one_line(&failed.sql));
+        let _ = writeln!(out, "  error      {}", failed.error);
+    }
+    out
+}
+
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_reader::inspect::{ReportParam, StaleEntry};
+
+    #[test]
+    fn stale_entries_show_key_sql_params_and_diff() {
+        let report = InspectionReport {
+            fence_lsn: "0/16B3748".into(),
+            registered: 3,
+            checked: 2,
+            skipped: 1,
+            stale: vec![StaleEntry {
+                key: "p:q:abc".into(),
+                namespace: String::new(),
+                sql: "SELECT *\n FROM book WHERE id = $1".into(),
+                params: vec![ReportParam {
+                    type_oid: 23,
+                    hex: Some("0000000a".into()),
+                }],
+                diff: "cached 1 rows, database 0 rows".into(),
+            }],
+            ..InspectionReport::default()
+        };
+        let text = render_report(&report);
+        assert!(text.contains("stale        1"), "{text}");
+        assert!(text.contains("STALE p:q:abc"), "{text}");
+        assert!(
+            text.contains("sql        SELECT * FROM book WHERE id = $1"),
+            "{text}"
+        );
+        assert!(text.contains("$1         oid 23 \\x0000000a"), "{text}");
+        assert!(text.contains("diff       cached 1 rows"), "{text}");
+    }
+}
