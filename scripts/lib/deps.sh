@@ -42,3 +42,25 @@ cm_ensure_system_deps() {
     cm_have_postgres || cm_die "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb"
     cm_have_memcached || cm_die "memcached installed, but not found"
 }
+
+# Installs psycopg (3) for python3 with pip when it cannot be imported: the
+# randomized end-to-end test (crates/e2e) writes through it. Needs python3.
+cm_ensure_psycopg() {
+    if python3 -c 'import psycopg' >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || cm_die "python3 is missing; install it (apt-get install -y python3 python3-pip)"
+    cm_section "installing psycopg (pip)"
+    local log
+    log=$(mktemp -t cm-pip.XXXXXX)
+    # Debian's python3 refuses installs outside a virtualenv (PEP 668)
+    # unless told otherwise; the flag is only passed where that applies.
+    local flags=()
+    if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+        flags+=(--break-system-packages)
+    fi
+    cm_quietly "$log" python3 -m pip install -q "${flags[@]}" 'psycopg[binary]' ||
+        cm_die "pip install 'psycopg[binary]' failed (is python3-pip installed?)"
+    rm -f "$log"
+    python3 -c 'import psycopg' >/dev/null 2>&1 || cm_die "psycopg installed, but python3 cannot import it"
+}
