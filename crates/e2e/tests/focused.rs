@@ -1,0 +1,155 @@
+//! Deterministic scenarios distilled from failures of the randomized test:
+//! one write at a time, fenced, then the cached read must equal PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_keys::{KeySpace, SchemaConfig};
+use cm_reader::{CachingClient, QueryCache, ReaderOptions};
+use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
+use cm_testkit::TestEnv;
+use tokio_postgres::NoTls;
+
+use support::invalidator::{self, Worker};
+use support::ops::Value;
+use support::readers::{self, Read, QUERIES};
+use support::schema;
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn query(sql: &str) -> usize {
+    QUERIES.iter().position(|q| q.sql == sql).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_invalidates_counts_and_lists() {
+    let env = tokio::task::spawn_blocking(TestEnv::start)
+        .await
+        .unwrap()
+        .unwrap();
+    env.pg.psql(schema::SCHEMA).unwrap();
+    env.pg.psql(&schema::seed_sql()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("invalidator.toml");
+    let prefix = env.memcached.key_prefix().to_owned();
+    std::fs::write(
+        &config,
+        schema::invalidator_toml(
+            &env.pg.url(),
+            &env.pg.unique_name("cm_f"),
+            env.memcached.addr(),
+            &prefix,
+        ),
+    )
+    .unwrap();
+    let bin = tokio::task::spawn_blocking(invalidator::binary)
+        .await
+        .unwrap()
+        .unwrap();
+    invalidator::run_cli(&bin, &config, &["setup"]).unwrap();
+    let _worker = Worker::spawn(&bin, &config, &dir.path().join("worker.log")).unwrap();
+    let store: Arc<dyn CacheStore> = Arc::new(
+        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
+            .await
+            .unwrap(),
+    );
+    let space = KeySpace::new(prefix).unwrap();
+    let admin = connect(&env.pg.url()).await;
+    let fence = || async {
+        let row = admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        let lsn = invalidator::parse_lsn(row.get(0)).unwrap();
+        invalidator::wait_applied(&store, &space, lsn, Duration::from_secs(30))
+            .await
+            .unwrap();
+    };
+    fence().await;
+    let cache = Arc::new(
+        QueryCache::discover(
+            &admin,
+            space.clone(),
+            store.clone(),
+            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
+            ReaderOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let client = CachingClient::new(connect(&env.pg.url()).await, cache.clone());
+    let text = |s: &str| Value::Text(s.to_owned());
+    let reads: Vec<Read> = vec![
+        (
+            query("SELECT id FROM addon WHERE status = $1"),
+            vec![text("review")],
+        ),
+        (
+            query("SELECT id FROM addon WHERE status = $1"),
+            vec![text("public")],
+        ),
+        (
+            query("SELECT id, author_id, name FROM addon WHERE status = $1 ORDER BY id"),
+            vec![text("review")],
+        ),
+        (
+            query("SELECT addon_id, tag FROM addon_tag WHERE tag = $1"),
+            vec![text("red")],
+        ),
+        (
+            query("SELECT id FROM event WHERE kind = $1"),
+            vec![text("crash")],
+        ),
+        (
+            query("SELECT id FROM event WHERE kind = $1"),
+            vec![text("install")],
+        ),
+    ];
+    let writes = [
+        "UPDATE addon SET status = 'public' WHERE id = 100004",
+        "INSERT INTO addon VALUES (101001, 100001, 'review', 'new')",
+        "DELETE FROM addon WHERE id = 100008",
+        "UPDATE addon SET id = 101002 WHERE id = 100012",
+        "INSERT INTO addon_tag VALUES (100001, 'red', 5) ON CONFLICT DO NOTHING",
+        "DELETE FROM addon_tag WHERE addon_id = 100002",
+        "UPDATE event SET kind = 'install' WHERE id = 100003",
+        "INSERT INTO event VALUES ('crash', 101003, NULL, 'x')",
+        "DELETE FROM event WHERE id = 100006",
+        "DELETE FROM author WHERE id = 100005",
+        "UPDATE addon SET status = 'review', name = 'bulk' WHERE author_id = 100002",
+        "UPDATE addon SET status = 'disabled' WHERE author_id = 100003",
+        "BEGIN; UPDATE addon SET status = 'public' WHERE id = 100010; SAVEPOINT s; \
+         UPDATE addon SET status = 'draft' WHERE id = 100011; ROLLBACK TO SAVEPOINT s; \
+         INSERT INTO addon VALUES (101004, 100001, 'disabled', 'n'); COMMIT",
+        "UPDATE author SET id = 101005 WHERE id = 100004",
+        "UPDATE author SET name = 'renamed' WHERE id = 100006",
+        "TRUNCATE event",
+    ];
+    let mut failures = Vec::new();
+    for write in writes {
+        for read in &reads {
+            readers::cached(&client, read).await.unwrap();
+            readers::cached(&client, read).await.unwrap();
+        }
+        env.pg.psql(write).unwrap();
+        fence().await;
+        for read in &reads {
+            let cached = readers::cached(&client, read).await.unwrap();
+            let direct = readers::direct(&admin, read).await.unwrap();
+            if cached != direct {
+                failures.push(format!(
+                    "after {write}: {} {:?}: cached {cached:?}, postgres {direct:?}",
+                    QUERIES[read.0].sql, read.1
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

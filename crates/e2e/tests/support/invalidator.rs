@@ -1,0 +1,144 @@
+//! The real `cm-invalidator` binary as a child process, and the fence.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cm_keys::{Heartbeat, KeySpace};
+use cm_store::CacheStore;
+
+/// The `cm-invalidator` binary: `$CM_E2E_INVALIDATOR_BIN`, else built with
+/// cargo into the target directory this test runs from (a no-op when it is
+/// up to date, e.g. after scripts/test's workspace build).
+pub fn binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("CM_E2E_INVALIDATOR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // <target>/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("test binary has no profile directory")?;
+    let target = profile_dir.parent().ok_or("no target directory")?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("bad profile directory")?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "cm-invalidator",
+            "--bin",
+            "cm-invalidator",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target);
+    if profile != "debug" {
+        command.args(["--profile", profile]);
+    }
+    let out = command.output().map_err(|e| format!("cargo build: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build -p cm-invalidator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(profile_dir.join("cm-invalidator"))
+}
+
+/// Runs `cm-invalidator --config CONFIG ARGS` to completion.
+pub fn run_cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cm-invalidator {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cm-invalidator run`, killed when dropped.
+pub struct Worker(Child);
+
+impl Worker {
+    /// Starts `cm-invalidator --config CONFIG run`, stderr to `log`.
+    pub fn spawn(bin: &Path, config: &Path, log: &Path) -> Result<Worker, String> {
+        let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+        Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(Worker)
+            .map_err(|e| format!("spawning the worker: {e}"))
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Parses `X/Y`, PostgreSQL's LSN notation.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+/// The heartbeat the worker last wrote.
+pub async fn heartbeat(store: &Arc<dyn CacheStore>, space: &KeySpace) -> Option<Heartbeat> {
+    let key = space.heartbeat();
+    let item = store
+        .get_many(&[key.as_str()])
+        .await
+        .ok()?
+        .into_iter()
+        .next()??;
+    Heartbeat::decode(&item.value)
+}
+
+/// The fence: waits until the worker's heartbeat LSN passes `lsn`, i.e.
+/// every transaction committed before `lsn` is invalidated.
+pub async fn wait_applied(
+    store: &Arc<dyn CacheStore>,
+    space: &KeySpace,
+    lsn: u64,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        if heartbeat(store, space).await.is_some_and(|hb| hb.lsn > lsn) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "the worker did not apply up to LSN {lsn:#x} within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

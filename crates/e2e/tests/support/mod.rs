@@ -1,0 +1,10 @@
+//! Support for the randomized end-to-end test: schema, generated writes,
+//! the three writer clients, the cached readers and the invalidator process.
+// Each test binary uses its own part of the support code.
+#![allow(dead_code)]
+
+pub mod invalidator;
+pub mod ops;
+pub mod readers;
+pub mod schema;
+pub mod writers;
