@@ -1,0 +1,805 @@
+//! The invalidator phases: throughput against pg_recvlogical, peak RSS
+//! through one big UPDATE, commit-to-invalidated lag under a paced writer.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cm_bench::{
+    cpu_seconds, histogram_quantile, parse_histogram, parse_sample, percentile, pids_named,
+    url_with_database, vm_hwm_kib, vm_rss_kib,
+};
+use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
+use cm_pgoutput::Lsn;
+use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio_postgres::{Client, NoTls};
+
+use crate::util::{env_required, env_u64, free_port, have, pg_program, scrape, signal, Results};
+
+#[cfg(feature = "reader")]
+mod reader;
+
+/// Authors (and 20 books each) of the reader phase's 20-row query.
+const AUTHORS: i32 = 1000;
+const BOOKS_PER_AUTHOR: i32 = 20;
+
+const HISTOGRAM: &str = "cm_invalidator_commit_to_invalidated_seconds";
+/// Rows at the end of the table that only the lag probes touch.
+const PROBE_ROWS: u64 = 1000;
+
+struct Bench {
+    db_url: String,
+    memcached: String,
+    bin: PathBuf,
+    work: PathBuf,
+    config: PathBuf,
+    metrics: String,
+    slot: String,
+    publication: String,
+    space: KeySpace,
+    store: Arc<dyn CacheStore>,
+    db: Client,
+    results: Results,
+    rows: u64,
+}
+
+/// A running `cm-invalidator run`, killed when dropped.
+struct Worker {
+    child: Child,
+    pid: u32,
+}
+
+impl Worker {
+    fn stop(mut self) -> Result<()> {
+        signal(self.pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
+    let admin_url = env_required("CM_TEST_PG_URL")?;
+    let memcached = env_required("CM_TEST_MEMCACHED")?;
+    let results = Results::new(out);
+    let rows = env_u64("CM_BENCH_ROWS", 1_000_000)?.max(10 * PROBE_ROWS);
+    let memory_rows = env_u64("CM_BENCH_MEMORY_ROWS", 1_000_000)?;
+    let table_rows = rows.max(memory_rows);
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            % 100_000
+    );
+    let database = format!("cm_bench_{tag}");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, NoTls)
+        .await
+        .context("connect to CM_TEST_PG_URL")?;
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await?;
+    let db_url = url_with_database(&admin_url, &database)
+        .with_context(|| format!("cannot put a database into {admin_url:?}"))?;
+    let (db, connection) = tokio_postgres::connect(&db_url, NoTls).await?;
+    tokio::spawn(connection);
+
+    eprintln!("==> loading {table_rows} rows");
+    let started = Instant::now();
+    db.batch_execute(&format!(
+        "CREATE TABLE grp(id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE item(id int PRIMARY KEY, grp int NOT NULL REFERENCES grp(id),
+                           v int NOT NULL DEFAULT 0, pad text NOT NULL);
+         ALTER TABLE item REPLICA IDENTITY FULL;
+         INSERT INTO grp SELECT g, 'group ' || g FROM generate_series(0, {groups}) g;
+         INSERT INTO item SELECT i, i / 100, 0, 'padding-for-row-' || lpad(i::text, 8, '0')
+           FROM generate_series(0, {last}) i;
+         CREATE TABLE author(id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE book(id int PRIMARY KEY, author_id int NOT NULL REFERENCES author(id),
+                           title text NOT NULL, price int NOT NULL, published date NOT NULL);
+         ALTER TABLE book REPLICA IDENTITY FULL;
+         CREATE INDEX book_author ON book(author_id);
+         INSERT INTO author SELECT a, 'author ' || a FROM generate_series(0, {authors} - 1) a;
+         INSERT INTO book SELECT b, b / {per_author}, 'the title of book number ' || b, b % 97,
+             date '2020-01-01' + (b % 1000) FROM generate_series(0, {authors} * {per_author} - 1) b;",
+        groups = table_rows / 100,
+        last = table_rows - 1,
+        authors = AUTHORS,
+        per_author = BOOKS_PER_AUTHOR,
+    ))
+    .await?;
+    db.batch_execute("VACUUM ANALYZE item").await?;
+    db.batch_execute("VACUUM ANALYZE book").await?;
+    results.put("load.rows", table_rows)?;
+    results.put(
+        "load.seconds",
+        format!("{:.1}", started.elapsed().as_secs_f64()),
+    )?;
+
+    let prefix = format!("cmb{tag}");
+    let port = free_port()?;
+    let slot = format!("cmb_{tag}");
+    let publication = format!("cmb_{tag}");
+    let config = work.join(format!("invalidator-{tag}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nurl = '{db_url}'\nslot = '{slot}'\npublication = '{publication}'\n\
+             publish_tables = ['public.item', 'public.grp', 'public.author', 'public.book']\n\
+             [cache]\nservers = ['{memcached}']\nprefix = '{prefix}'\ntimeout_ms = 1000\n\
+             [worker]\nheartbeat_interval_ms = 100\nstatus_interval_ms = 100\n\
+             [metrics]\nlisten = '127.0.0.1:{port}'\n[log]\nlevel = 'warn'\n"
+        ),
+    )?;
+    let mut memcached_config = MemcachedConfig::new([memcached.clone()]);
+    memcached_config.timeout = Duration::from_secs(2);
+    let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(memcached_config).await?);
+    let bench = Bench {
+        db_url,
+        memcached,
+        bin: bin.to_path_buf(),
+        work: work.to_path_buf(),
+        config,
+        metrics: format!("127.0.0.1:{port}"),
+        slot,
+        publication,
+        space: KeySpace::new(prefix)?,
+        store,
+        db,
+        results,
+        rows,
+    };
+    bench
+        .results
+        .put("machine.memcached", &bench.memcached)
+        .and_then(|()| bench.results.put("run.database", &database))?;
+
+    let worker = bench.throughput().await?;
+    worker.stop()?;
+    let worker = bench.memory(memory_rows).await?;
+    let worker = bench.lag(worker).await?;
+    #[cfg(feature = "reader")]
+    let reader_result = reader::run(&bench).await;
+    worker.stop()?;
+    #[cfg(feature = "reader")]
+    reader_result?;
+
+    drop(bench);
+    // Leave nothing behind on servers someone else may reuse.
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await;
+    Ok(())
+}
+
+impl Bench {
+    fn object(&self, id: u64) -> Key {
+        self.space.object(
+            &TableName::new("public", "item"),
+            &[("id", Some(&CanonicalValue::Int(id as i64)))],
+        )
+    }
+
+    fn group_list(&self, group: u64) -> Key {
+        self.space.predicate(
+            &TableName::new("public", "item"),
+            &[("grp", Some(&CanonicalValue::Int(group as i64)))],
+        )
+    }
+
+    /// Caches a result `name` registered in `lists`, as the reader does.
+    async fn cache(&self, name: &str, lists: &[Key]) -> Result<Key> {
+        let q = self.space.result(&[name.as_bytes()]);
+        let lease = match self
+            .store
+            .get_with_lease(q.as_str(), Duration::from_secs(30))
+            .await?
+        {
+            LeaseOutcome::Won(lease) => lease,
+            other => bail!("expected to win the lease for {name}: {other:?}"),
+        };
+        let keys: Vec<&str> = lists.iter().map(Key::as_str).collect();
+        self.store
+            .append_to_flush_lists(&keys, q.as_str(), Duration::from_secs(3600))
+            .await?;
+        let value = vec![b'r'; 2048];
+        if !self
+            .store
+            .set_if_lease_valid(q.as_str(), &value, Duration::from_secs(3600), lease)
+            .await?
+        {
+            bail!("fill of {name} lost its lease");
+        }
+        Ok(q)
+    }
+
+    /// Caches one result per sampled row (every `every`-th row below
+    /// `limit`) and one list per sampled group; returns the result keys.
+    async fn cache_sample(&self, run: &str, limit: u64, every: u64) -> Result<Vec<Key>> {
+        let ids: Vec<u64> = (0..limit).step_by(every as usize).collect();
+        let rows = stream::iter(ids.iter().copied())
+            .map(|id| async move {
+                self.cache(&format!("{run} item {id}"), &[self.object(id)])
+                    .await
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<Key>>();
+        let groups: Vec<u64> = (0..limit / 100).step_by(every as usize).collect();
+        let lists = stream::iter(groups.iter().copied())
+            .map(|g| async move {
+                self.cache(&format!("{run} group {g}"), &[self.group_list(g)])
+                    .await
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<Key>>();
+        let (mut rows, lists) = futures::try_join!(rows, lists)?;
+        rows.extend(lists);
+        Ok(rows)
+    }
+
+    async fn still_cached(&self, keys: &[Key]) -> Result<usize> {
+        let mut cached = 0;
+        for chunk in keys.chunks(200) {
+            let names: Vec<&str> = chunk.iter().map(Key::as_str).collect();
+            cached += self
+                .store
+                .get_many(&names)
+                .await?
+                .iter()
+                .filter(|i| i.is_some())
+                .count();
+        }
+        Ok(cached)
+    }
+
+    async fn current_lsn(&self) -> Result<Lsn> {
+        let text: String = self
+            .db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        Ok(text.parse()?)
+    }
+
+    async fn slot_state(&self, slot: &str) -> Result<(Option<Lsn>, Option<u32>)> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok((None, None));
+        };
+        let lsn: Option<String> = row.get(0);
+        let pid: Option<i32> = row.get(1);
+        Ok((
+            lsn.and_then(|l| l.parse().ok()),
+            pid.and_then(|p| u32::try_from(p).ok()),
+        ))
+    }
+
+    async fn heartbeat_lsn(&self) -> Result<Option<u64>> {
+        let key = self.space.heartbeat();
+        let item = self.store.get_many(&[key.as_str()]).await?.pop().flatten();
+        Ok(item
+            .and_then(|i| Heartbeat::decode(&i.value))
+            .map(|h| h.lsn))
+    }
+
+    fn spawn_worker(&self, log_name: &str) -> Result<Worker> {
+        let log = std::fs::File::create(self.work.join(log_name))?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.bin.display()))?;
+        let pid = child.id();
+        Ok(Worker { child, pid })
+    }
+
+    /// Waits until the worker has applied everything up to `lsn` (its slot's
+    /// confirmed_flush_lsn reaches it, or a heartbeat emitted after it comes
+    /// back); returns when that was first seen.
+    async fn wait_applied(&self, worker: &mut Worker, lsn: Lsn, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut polls = 0_u64;
+        loop {
+            if self.heartbeat_lsn().await?.is_some_and(|hb| hb > lsn.0) {
+                return Ok(());
+            }
+            if polls % 5 == 0 {
+                let (confirmed, _) = self.slot_state(&self.slot).await?;
+                if confirmed.is_some_and(|c| c >= lsn) {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = worker.child.try_wait()? {
+                bail!(
+                    "cm-invalidator exited ({status}); see {}",
+                    self.work.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("cm-invalidator did not apply up to {lsn} within {timeout:?}");
+            }
+            polls += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn throughput(&self) -> Result<Worker> {
+        let transactions = env_u64("CM_BENCH_TXNS", self.rows / 100)?.max(1);
+        let per_txn = (self.rows / transactions).max(1);
+        let updates = per_txn * transactions;
+        let r = &self.results;
+        r.put("throughput.rows", updates)?;
+        r.put("throughput.transactions", transactions)?;
+
+        eprintln!("==> throughput: slots, cached sample");
+        let setup = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("setup")
+            .output()?;
+        if !setup.status.success() {
+            bail!(
+                "cm-invalidator setup: {}",
+                String::from_utf8_lossy(&setup.stderr)
+            );
+        }
+        let second = format!("{}_recv", self.slot);
+        self.db
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&second],
+            )
+            .await?;
+        let sample_every = env_u64("CM_BENCH_SAMPLE_EVERY", 100)?.max(1);
+        let started = Instant::now();
+        let sample = self.cache_sample("tp", updates, sample_every).await?;
+        r.put("throughput.cached_results", sample.len())?;
+        r.put(
+            "throughput.cache_fill_seconds",
+            format!("{:.1}", started.elapsed().as_secs_f64()),
+        )?;
+
+        eprintln!("==> throughput: writing {updates} row updates in {transactions} transactions");
+        let started = Instant::now();
+        self.db
+            .batch_execute(&format!(
+                "DO $$ BEGIN FOR t IN 0..{last} LOOP
+                   UPDATE item SET v = v + 1 WHERE id >= t * {per_txn} AND id < (t + 1) * {per_txn};
+                   COMMIT;
+                 END LOOP; END $$;",
+                last = transactions - 1,
+            ))
+            .await?;
+        let end = self.current_lsn().await?;
+        // One more commit past `end`, so pg_recvlogical sees a record at or
+        // past --endpos and stops.
+        self.db
+            .batch_execute(&format!(
+                "UPDATE item SET v = v + 1 WHERE id = {}",
+                self.rows - 1
+            ))
+            .await?;
+        let write_seconds = started.elapsed().as_secs_f64();
+        r.put("throughput.write_seconds", format!("{write_seconds:.2}"))?;
+        r.put("throughput.end_lsn", end)?;
+
+        eprintln!("==> throughput: pg_recvlogical catching up");
+        let recvlogical = pg_program("pg_recvlogical");
+        let started = Instant::now();
+        let mut child = Command::new(&recvlogical)
+            .arg("-d")
+            .arg(&self.db_url)
+            .args(["--slot", &second, "--start", "--no-loop"])
+            .args(["-o", "proto_version=1", "-o"])
+            .arg(format!("publication_names={}", self.publication))
+            .args(["-f", "/dev/null", "--endpos"])
+            .arg(end.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", recvlogical.display()))?;
+        let mut walsender_cpu = None;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if let (_, Some(pid)) = self.slot_state(&second).await? {
+                walsender_cpu = cpu_seconds(pid).or(walsender_cpu);
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                bail!("pg_recvlogical did not reach {end} in 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let recv_seconds = started.elapsed().as_secs_f64();
+        if !status.success() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            bail!("pg_recvlogical failed ({status}): {stderr}");
+        }
+        self.db
+            .execute("SELECT pg_drop_replication_slot($1)", &[&second])
+            .await?;
+        let recv_rate = updates as f64 / recv_seconds;
+        r.put(
+            "throughput.recvlogical_seconds",
+            format!("{recv_seconds:.2}"),
+        )?;
+        r.put(
+            "throughput.recvlogical_rows_per_s",
+            format!("{recv_rate:.0}"),
+        )?;
+        if let Some(cpu) = walsender_cpu {
+            r.put(
+                "throughput.recvlogical_walsender_cpu_s",
+                format!("{cpu:.2}"),
+            )?;
+        }
+
+        eprintln!("==> throughput: cm-invalidator catching up");
+        let memcached_cpu = |pids: &[u32]| pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
+        let memcached_pids = pids_named("memcached");
+        let memcached_before = memcached_cpu(&memcached_pids);
+        let started = Instant::now();
+        let mut worker = self.spawn_worker("worker-throughput.log")?;
+        let profile = start_profile(worker.pid, &self.work)?;
+        let mut walsender_cpu = None;
+        let deadline = started + Duration::from_secs(900);
+        loop {
+            if self.heartbeat_lsn().await?.is_some_and(|hb| hb > end.0) {
+                break;
+            }
+            let (confirmed, pid) = self.slot_state(&self.slot).await?;
+            if let Some(pid) = pid {
+                walsender_cpu = cpu_seconds(pid).or(walsender_cpu);
+            }
+            if confirmed.is_some_and(|c| c >= end) {
+                break;
+            }
+            if let Some(status) = worker.child.try_wait()? {
+                bail!("cm-invalidator exited during catch-up ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("cm-invalidator did not reach {end} in 900 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let worker_seconds = started.elapsed().as_secs_f64();
+        let worker_cpu = cpu_seconds(worker.pid);
+        let profile = profile.map(|p| p.finish());
+        let worker_rate = updates as f64 / worker_seconds;
+        r.put(
+            "throughput.invalidator_seconds",
+            format!("{worker_seconds:.2}"),
+        )?;
+        r.put(
+            "throughput.invalidator_rows_per_s",
+            format!("{worker_rate:.0}"),
+        )?;
+        r.put(
+            "throughput.ratio",
+            format!("{:.3}", worker_rate / recv_rate),
+        )?;
+        if let Some(cpu) = worker_cpu {
+            r.put("throughput.invalidator_cpu_s", format!("{cpu:.2}"))?;
+        }
+        if let Some(cpu) = walsender_cpu {
+            r.put(
+                "throughput.invalidator_walsender_cpu_s",
+                format!("{cpu:.2}"),
+            )?;
+        }
+        r.put(
+            "throughput.memcached_cpu_s",
+            format!("{:.2}", memcached_cpu(&memcached_pids) - memcached_before),
+        )?;
+        if let Some(kib) = vm_hwm_kib(worker.pid) {
+            r.put("throughput.invalidator_vmhwm_kib", kib)?;
+        }
+        let metrics = scrape(&self.metrics).await?;
+        for name in [
+            "cm_invalidator_transactions_total",
+            "cm_invalidator_changes_total",
+            "cm_invalidator_keys_invalidated_total",
+            "cm_invalidator_generation_bumps_total",
+            "cm_invalidator_epoch_bumps_total",
+            "cm_invalidator_coarsened_transactions_total",
+        ] {
+            if let Some(v) = parse_sample(&metrics, name) {
+                r.put(&format!("throughput.{name}"), v)?;
+            }
+        }
+        r.put("throughput.cached_left", self.still_cached(&sample).await?)?;
+        if let Some(Ok(text)) = profile {
+            r.put_text("throughput.profile", &text)?;
+        }
+        Ok(worker)
+    }
+
+    async fn memory(&self, memory_rows: u64) -> Result<Worker> {
+        let r = &self.results;
+        eprintln!("==> memory: one {memory_rows}-row UPDATE");
+        let mut worker = self.spawn_worker("worker-memory.log")?;
+        let now = self.current_lsn().await?;
+        self.wait_applied(&mut worker, now, Duration::from_secs(120))
+            .await?;
+        if let Some(kib) = vm_hwm_kib(worker.pid) {
+            r.put("memory.idle_vmhwm_kib", kib)?;
+        }
+        let sample = self
+            .cache_sample("mem", memory_rows.min(self.rows), 1000)
+            .await?;
+        let started = Instant::now();
+        self.db
+            .batch_execute(&format!(
+                "UPDATE item SET v = v + 1 WHERE id < {memory_rows}"
+            ))
+            .await?;
+        let write_seconds = started.elapsed().as_secs_f64();
+        let end = self.current_lsn().await?;
+        let mut peak_rss = 0;
+        let pid = worker.pid;
+        let applied = {
+            let wait = self.wait_applied(&mut worker, end, Duration::from_secs(600));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    result = &mut wait => break result,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {
+                        peak_rss = peak_rss.max(vm_rss_kib(pid).unwrap_or(0));
+                    }
+                }
+            }
+        };
+        applied?;
+        let total_seconds = started.elapsed().as_secs_f64();
+        r.put("memory.rows", memory_rows)?;
+        r.put("memory.write_seconds", format!("{write_seconds:.2}"))?;
+        r.put("memory.apply_seconds", format!("{total_seconds:.2}"))?;
+        if let Some(kib) = vm_hwm_kib(worker.pid) {
+            r.put("memory.vmhwm_kib", kib)?;
+        }
+        r.put("memory.sampled_peak_rss_kib", peak_rss)?;
+        let metrics = scrape(&self.metrics).await?;
+        if let Some(v) = parse_sample(&metrics, "cm_invalidator_coarsened_transactions_total") {
+            r.put("memory.coarsened_transactions", v)?;
+        }
+        r.put("memory.cached_left", self.still_cached(&sample).await?)?;
+        // The lag phase reuses this worker.
+        Ok(worker)
+    }
+
+    async fn lag(&self, mut worker: Worker) -> Result<Worker> {
+        let seconds = env_u64("CM_BENCH_LAG_SECONDS", 30)?;
+        let writers = env_u64("CM_BENCH_WRITERS", 4)?.max(1);
+        let rates: Vec<u64> = std::env::var("CM_BENCH_LAG_RATES")
+            .unwrap_or_else(|_| "1000,5000".to_owned())
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("CM_BENCH_LAG_RATES: comma-separated tx/s")?;
+        let r = &self.results;
+        r.put("lag.seconds", seconds)?;
+        r.put("lag.writers", writers)?;
+        for rate in rates {
+            eprintln!("==> lag: {rate} tx/s for {seconds} s");
+            // Rows that sit in cached results, so writes really delete.
+            self.cache_sample(&format!("lag{rate}"), self.rows - PROBE_ROWS, 100)
+                .await?;
+            let before = scrape(&self.metrics).await?;
+            let cpu_before = cpu_seconds(worker.pid);
+            let (achieved, probes) = self.paced_load(rate, seconds, writers).await?;
+            let end = self.current_lsn().await?;
+            self.wait_applied(&mut worker, end, Duration::from_secs(300))
+                .await?;
+            let after = scrape(&self.metrics).await?;
+            let cpu_after = cpu_seconds(worker.pid);
+            let key = format!("lag.{rate}");
+            r.put(&format!("{key}.achieved_tps"), format!("{achieved:.0}"))?;
+            let (b, a) = (
+                parse_histogram(&before, HISTOGRAM),
+                parse_histogram(&after, HISTOGRAM),
+            );
+            let count = a.last().map_or(0.0, |x| x.1) - b.last().map_or(0.0, |x| x.1);
+            r.put(&format!("{key}.hist_count"), count)?;
+            let largest = a
+                .iter()
+                .map(|(le, _)| *le)
+                .filter(|le| le.is_finite())
+                .fold(0.0, f64::max);
+            for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+                if let Some(v) = histogram_quantile(&b, &a, q) {
+                    // Past the largest finite bucket the histogram only says "more".
+                    let text = if v >= largest {
+                        format!(">{:.0}", largest * 1e3)
+                    } else {
+                        format!("{:.3}", v * 1e3)
+                    };
+                    r.put(&format!("{key}.hist_{name}_ms"), text)?;
+                }
+            }
+            let mut sorted: Vec<f64> = probes.iter().filter_map(|p| *p).collect();
+            sorted.sort_by(f64::total_cmp);
+            r.put(&format!("{key}.probes"), probes.len())?;
+            r.put(
+                &format!("{key}.probe_timeouts"),
+                probes.iter().filter(|p| p.is_none()).count(),
+            )?;
+            for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+                if let Some(v) = percentile(&sorted, q) {
+                    r.put(&format!("{key}.probe_{name}_ms"), format!("{v:.3}"))?;
+                }
+            }
+            if let Some(max) = sorted.last() {
+                r.put(&format!("{key}.probe_max_ms"), format!("{max:.3}"))?;
+            }
+            if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+                r.put(
+                    &format!("{key}.invalidator_cpu_pct"),
+                    format!("{:.0}", (a - b) / seconds.max(1) as f64 * 100.0),
+                )?;
+            }
+        }
+        Ok(worker)
+    }
+
+    /// `writers` connections run `rate` single-row UPDATE transactions per
+    /// second for `seconds`, while a probe caches a result every 100 ms,
+    /// updates its row and polls until the result is gone. Returns the
+    /// achieved rate and each probe's latency in ms (None: not gone in 5 s).
+    async fn paced_load(
+        &self,
+        rate: u64,
+        seconds: u64,
+        writers: u64,
+    ) -> Result<(f64, Vec<Option<f64>>)> {
+        let total = rate * seconds;
+        let next = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now() + Duration::from_millis(200);
+        let span = self.rows - PROBE_ROWS;
+        let mut tasks = Vec::new();
+        for _ in 0..writers {
+            let (client, connection) = tokio_postgres::connect(&self.db_url, NoTls).await?;
+            tokio::spawn(connection);
+            let next = Arc::clone(&next);
+            tasks.push(tokio::spawn(async move {
+                let statement = client
+                    .prepare("UPDATE item SET v = v + 1 WHERE id = $1")
+                    .await?;
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= total {
+                        return anyhow::Ok(());
+                    }
+                    let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
+                    tokio::time::sleep_until(due).await;
+                    let id = i32::try_from((k * 7919) % span)?;
+                    client.execute(&statement, &[&id]).await?;
+                }
+            }));
+        }
+        let (probe_client, connection) = tokio_postgres::connect(&self.db_url, NoTls).await?;
+        tokio::spawn(connection);
+        let probe_statement = probe_client
+            .prepare("UPDATE item SET v = v + 1 WHERE id = $1")
+            .await?;
+        tokio::time::sleep_until(start).await;
+        let began = Instant::now();
+        let mut probes = Vec::new();
+        let mut i = 0_u64;
+        while began.elapsed() < Duration::from_secs(seconds) {
+            let id = self.rows - PROBE_ROWS + i % PROBE_ROWS;
+            let q = self
+                .cache(&format!("probe {rate} {i}"), &[self.object(id)])
+                .await?;
+            let id = i32::try_from(id)?;
+            probe_client.execute(&probe_statement, &[&id]).await?;
+            let committed = Instant::now();
+            let gone = loop {
+                if self.store.get_many(&[q.as_str()]).await?[0].is_none() {
+                    break Some(committed.elapsed().as_secs_f64() * 1e3);
+                }
+                if committed.elapsed() > Duration::from_secs(5) {
+                    break None;
+                }
+                tokio::task::yield_now().await;
+            };
+            probes.push(gone);
+            i += 1;
+            let pause = Duration::from_millis(100).saturating_sub(committed.elapsed());
+            tokio::time::sleep(pause).await;
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let elapsed = (tokio::time::Instant::now() - start).as_secs_f64();
+        Ok((total as f64 / elapsed, probes))
+    }
+}
+
+/// `perf record` attached to a process, when perf is available and
+/// CM_BENCH_PROFILE is not 0.
+struct Profile {
+    child: Child,
+    data: PathBuf,
+}
+
+fn start_profile(pid: u32, work: &Path) -> Result<Option<Profile>> {
+    if env_u64("CM_BENCH_PROFILE", 1)? == 0 || !have("perf") {
+        return Ok(None);
+    }
+    let data = work.join(format!("perf-{pid}.data"));
+    let child = Command::new("perf")
+        .args(["record", "-F", "499", "-e", "cpu-clock", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    Ok(child.ok().map(|child| Profile { child, data }))
+}
+
+impl Profile {
+    /// Stops recording and returns the top of `perf report`.
+    fn finish(mut self) -> Result<String> {
+        signal(self.child.id(), "INT");
+        self.child.wait()?;
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none"])
+            .args(["--percent-limit", "1.5", "--sort", "dso,symbol", "-i"])
+            .arg(&self.data)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .take(30)
+            .map(|l| {
+                let mut words: Vec<&str> = l.split_whitespace().collect();
+                while words.last() == Some(&"-") {
+                    words.pop();
+                }
+                words.join(" ")
+            })
+            .collect();
+        let _ = std::fs::remove_file(&self.data);
+        Ok(lines.join("\n"))
+    }
+}

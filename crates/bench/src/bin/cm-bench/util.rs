@@ -1,0 +1,136 @@
+//! Helpers shared by the phases: results file, environment, metrics scrape,
+//! processes.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Appends `key<TAB>value` lines to the results file and echoes them.
+pub struct Results {
+    path: PathBuf,
+}
+
+impl Results {
+    pub fn new(path: &Path) -> Results {
+        Results {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn put(&self, key: &str, value: impl std::fmt::Display) -> Result<()> {
+        let value = value.to_string().replace(['\t', '\n'], " ");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("open {}", self.path.display()))?;
+        writeln!(file, "{key}\t{value}")?;
+        eprintln!("  {key} = {value}");
+        Ok(())
+    }
+
+    /// Stores a multi-line text (a profile) in a file beside the results
+    /// and records its path.
+    pub fn put_text(&self, key: &str, text: &str) -> Result<()> {
+        let path = self.path.with_extension(format!("{key}.txt"));
+        std::fs::write(&path, text)?;
+        self.put(key, path.display())
+    }
+}
+
+/// An environment variable parsed as a number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A required environment variable.
+pub fn env_required(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name} is not set (scripts/bench starts the servers and sets it)")
+    })
+}
+
+/// GET `http://{addr}/metrics` and return the body.
+pub async fn scrape(addr: &str) -> Result<String> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .context("scrape timed out")??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        anyhow::bail!("metrics: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_owned())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Sends `sig` (e.g. "TERM", "INT") to `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// The newest `/usr/lib/postgresql/*/bin/NAME`, or `CM_PG_BIN/NAME`, or NAME
+/// from PATH.
+pub fn pg_program(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("CM_PG_BIN") {
+        return Path::new(&dir).join(name);
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for entry in entries.flatten() {
+            let Some(version) = entry
+                .file_name()
+                .to_str()
+                .and_then(|v| v.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path().join("bin").join(name);
+            if path.exists() && best.as_ref().is_none_or(|(v, _)| version > *v) {
+                best = Some((version, path));
+            }
+        }
+    }
+    best.map_or_else(|| PathBuf::from(name), |(_, path)| path)
+}
+
+/// Whether `program` runs (`program --version` exits 0).
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
