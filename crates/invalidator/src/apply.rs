@@ -39,21 +39,25 @@ pub async fn apply_once(
 ) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
     let mut pending: Vec<&str> = txn.flush_lists().iter().map(|k| k.as_str()).collect();
-    let mut deleted: BTreeSet<String> = BTreeSet::new();
     for _ in 0..CLEAR_ROUNDS {
         if pending.is_empty() {
             break;
         }
         let snapshots = store.read_flush_lists(&pending).await?;
-        let members: Vec<&str> = snapshots
+        // Every member read this round is deleted again before the clear,
+        // even one deleted in an earlier round: since that delete a reader
+        // may have leased the key afresh, re-registered it (the append that
+        // made our clear fail) and stored. Clearing the list without
+        // deleting it would drop that live result's only registration, and
+        // the next change of the row would never find it.
+        let members: BTreeSet<&str> = snapshots
             .iter()
             .flat_map(|s| s.members.iter().map(String::as_str))
-            .filter(|m| !deleted.contains(*m))
             .collect();
         if !members.is_empty() {
+            let members: Vec<&str> = members.into_iter().collect();
             store.delete_many(&members).await?;
             applied.deleted += members.len();
-            deleted.extend(members.iter().map(|m| m.to_string()));
         }
         let existing: Vec<(&str, u64)> = pending
             .iter()
@@ -99,5 +103,170 @@ impl Backoff {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use cm_keys::{Invalidation, KeySpace, TableName};
+    use cm_store::{FlushListSnapshot, Generation, Item, Lease, LeaseOutcome, MemoryStore};
+
+    use super::*;
+
+    const Q: &str = "t:q:hot";
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// A memory store where, just before the invalidator's first clear, a
+    /// reader refills `Q` (its first registration was deleted a moment ago):
+    /// it wins a new lease, re-registers in the list and stores.
+    #[derive(Debug)]
+    struct RefillBeforeClear {
+        inner: MemoryStore,
+        list: String,
+        done: AtomicBool,
+    }
+
+    #[async_trait]
+    impl CacheStore for RefillBeforeClear {
+        async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, StoreError> {
+            self.inner.get_many(keys).await
+        }
+        async fn get_with_lease(
+            &self,
+            key: &str,
+            ttl: Duration,
+        ) -> Result<LeaseOutcome, StoreError> {
+            self.inner.get_with_lease(key, ttl).await
+        }
+        async fn set_if_lease_valid(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Duration,
+            lease: Lease,
+        ) -> Result<bool, StoreError> {
+            self.inner.set_if_lease_valid(key, value, ttl, lease).await
+        }
+        async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError> {
+            self.inner.release_lease(key, lease).await
+        }
+        async fn append_to_flush_lists(
+            &self,
+            list_keys: &[&str],
+            member: &str,
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
+            self.inner
+                .append_to_flush_lists(list_keys, member, ttl)
+                .await
+        }
+        async fn read_flush_lists(
+            &self,
+            list_keys: &[&str],
+        ) -> Result<Vec<FlushListSnapshot>, StoreError> {
+            self.inner.read_flush_lists(list_keys).await
+        }
+        async fn clear_flush_lists_if_unchanged(
+            &self,
+            lists: &[(&str, u64)],
+        ) -> Result<Vec<bool>, StoreError> {
+            if !self.done.swap(true, Ordering::SeqCst) {
+                let LeaseOutcome::Won(lease) = self.inner.get_with_lease(Q, TTL).await? else {
+                    panic!("the first delete should have left Q free to lease");
+                };
+                self.inner
+                    .append_to_flush_lists(&[self.list.as_str()], Q, TTL)
+                    .await?;
+                assert!(
+                    self.inner
+                        .set_if_lease_valid(Q, b"fresh", TTL, lease)
+                        .await?
+                );
+            }
+            self.inner.clear_flush_lists_if_unchanged(lists).await
+        }
+        async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError> {
+            self.inner.delete_many(keys).await
+        }
+        async fn read_generations(
+            &self,
+            keys: &[&str],
+        ) -> Result<Vec<Option<Generation>>, StoreError> {
+            self.inner.read_generations(keys).await
+        }
+        async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
+            self.inner.create_generation_if_missing(key).await
+        }
+        async fn bump_generation(&self, key: &str) -> Result<Generation, StoreError> {
+            self.inner.bump_generation(key).await
+        }
+        async fn write_heartbeat(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
+            self.inner.write_heartbeat(key, value, ttl).await
+        }
+    }
+
+    /// A result re-registered between a round's delete and its clear must
+    /// stay findable: either deleted by a later round or left in the list.
+    /// Skipping members "already deleted" in an earlier round cleared the
+    /// list under a live, re-registered result, which the next change of the
+    /// row then missed for good.
+    #[tokio::test]
+    async fn a_member_registered_again_after_its_delete_is_not_dropped() {
+        let space = KeySpace::new("t").unwrap();
+        let table = TableName::new("public", "items");
+        let list = space.table_changes(&table);
+        let store = RefillBeforeClear {
+            inner: MemoryStore::default(),
+            list: list.as_str().to_owned(),
+            done: AtomicBool::new(false),
+        };
+        // An earlier fill of Q, registered in the list.
+        let LeaseOutcome::Won(lease) = store.inner.get_with_lease(Q, TTL).await.unwrap() else {
+            panic!("lease");
+        };
+        store
+            .inner
+            .append_to_flush_lists(&[list.as_str()], Q, TTL)
+            .await
+            .unwrap();
+        assert!(store
+            .inner
+            .set_if_lease_valid(Q, b"old", TTL, lease)
+            .await
+            .unwrap());
+
+        let mut txn = TxnInvalidations::new(100);
+        txn.add(Invalidation {
+            objects: Vec::new(),
+            parents: Vec::new(),
+            predicates: Vec::new(),
+            table_changes: list.clone(),
+            table_generation: space.table_generation(&table),
+            bump_table_generation: false,
+        });
+        apply_once(&store, &txn).await.unwrap();
+
+        let q_alive = store.inner.get_many(&[Q]).await.unwrap()[0].is_some();
+        let registered = store
+            .inner
+            .read_flush_list(list.as_str())
+            .await
+            .unwrap()
+            .members
+            .iter()
+            .any(|m| m == Q);
+        assert!(
+            !q_alive || registered,
+            "Q holds a value but no flush list names it any more"
+        );
     }
 }
