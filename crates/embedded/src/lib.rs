@@ -27,13 +27,12 @@ use cm_invalidator::config::InvalidatorConfig;
 use cm_invalidator::heartbeat::{emit_forever, message_prefix};
 use cm_invalidator::metrics::Metrics;
 use cm_invalidator::setup;
-use cm_invalidator::worker::Worker;
+use cm_invalidator::worker::{connect_sql, Worker};
 use cm_keys::{discover, KeySpace, SchemaConfig, SchemaModel};
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemoryStore, MemoryStoreConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
 
 /// What an embedded cache needs.
 #[derive(Debug, Clone)]
@@ -120,7 +119,7 @@ impl EmbeddedCache {
     /// invalidator task and the heartbeat, and returns the caching client.
     pub async fn start(options: EmbeddedOptions) -> Result<EmbeddedCache, EmbeddedError> {
         let config = worker_config(&options)?;
-        let sql = connect(&options.postgres_url).await?;
+        let sql = connect_sql(&options.postgres_url).await?;
         let steps = setup::plan(&sql, &config).await?;
         setup::apply(&sql, &config, &steps).await?;
         let model = Arc::new(SchemaModel::build(discover(&sql).await?, &options.schema)?);
@@ -197,14 +196,4 @@ fn worker_config(options: &EmbeddedOptions) -> Result<InvalidatorConfig, Embedde
         &figment,
         "embedded options",
     )?)
-}
-
-async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "embedded sql connection closed");
-        }
-    });
-    Ok(client)
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cm_invalidator::worker::connect_sql;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use cm_invalidator::assemble;
 use cm_invalidator::check::{cache_finding, database_findings, has_problem, render_table};
@@ -134,15 +135,9 @@ fn init_tracing(config: &InvalidatorConfig) {
 }
 
 async fn connect(config: &InvalidatorConfig) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(&config.postgres.url, NoTls)
+    connect_sql(&config.postgres.url)
         .await
-        .context("connecting to postgres.url")?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("postgres connection: {e}");
-        }
-    });
-    Ok(client)
+        .context("connecting to postgres.url")
 }
 
 async fn run_setup(config: &InvalidatorConfig, dry_run: bool) -> Result<ExitCode> {
