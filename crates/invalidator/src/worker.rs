@@ -316,7 +316,9 @@ impl Worker {
                                 Some(heartbeat) => {
                                     self.complete_heartbeat(&acker, (heartbeat, message.lsn)).await?
                                 }
-                                None => acker.message_done(message.lsn)?,
+                                None => {
+                                    acker.message_done(message.lsn)?;
+                                }
                             }
                         }
                         message @ (LogicalMessage::Insert(_)

@@ -8,15 +8,34 @@
 //!   transaction received before it** is done (rule 0.4: checkpoint only at
 //!   transaction boundaries, never at a mid-transaction LSN, which BEGIN and
 //!   every COPY row share);
-//! * a keepalive's `walEnd`, when nothing received is outstanding: no open
-//!   transaction, no finished-but-unapplied transaction, no unapplied
+//! * a keepalive's `walEnd`, once nothing received before that keepalive is
+//!   outstanding: no unapplied transaction, no open transaction, no unapplied
 //!   standalone logical message (rule 0.5; needed because PG15+ sends nothing
-//!   for transactions on unpublished tables).
+//!   for transactions on unpublished tables, so a quiet database would
+//!   otherwise hold its slot's WAL while the rest of the cluster writes).
+//!   A keepalive that arrives while such work is outstanding is remembered
+//!   and confirmed when that work is done: the walsender sends a keepalive
+//!   right behind every message it sends, so a keepalive almost always
+//!   overtakes the work it follows.
+//!
+//! Why a remembered `walEnd` is safe although later work may still be open:
+//! `walEnd` is the walsender's decoding position when it sent the keepalive.
+//! Everything decoded below it was sent before the keepalive; everything
+//! sent after it starts at or beyond it (a later transaction's commit
+//! record, a later message), and PostgreSQL skips on restart only what
+//! starts *below* the confirmed position (`SnapBuildXactNeedsSkip`). So
+//! `walEnd` is safe exactly when everything received before the keepalive
+//! is done, which the gate checks by position.
 //!
 //! Anything else is refused with an [`AckError`], never silently ignored.
 //! The reported flush never moves backwards.
 
 use std::collections::VecDeque;
+
+/// Keepalive positions remembered while work is outstanding. Past this many,
+/// the newest replaces the last one kept: it is confirmed a little later,
+/// never earlier than it is safe.
+const MAX_PENDING_KEEPALIVES: usize = 64;
 
 use cm_pgoutput::{LogicalMessage, Lsn};
 
@@ -47,11 +66,15 @@ pub enum AckError {
 /// only safe `flush` position from that.
 #[derive(Debug, Default)]
 pub struct AckGate {
-    in_transaction: bool,
+    /// The open transaction's commit position (Begin's `final_lsn`).
+    open_transaction: Option<Lsn>,
     /// End LSNs of received transactions not yet acknowledged, in commit order.
     unapplied_commits: VecDeque<Lsn>,
     /// LSNs of received standalone (non-transactional) messages not yet acknowledged.
     unapplied_messages: VecDeque<Lsn>,
+    /// Keepalive `walEnd`s above `flush` that arrived while work received
+    /// before them was outstanding, ascending.
+    pending_keepalives: VecDeque<Lsn>,
     last_received: Lsn,
     flush: Lsn,
 }
@@ -66,25 +89,26 @@ impl AckGate {
     /// the XLogData header's position.
     pub fn received(&mut self, message: &LogicalMessage, wal_end: Lsn) -> Result<(), AckError> {
         self.note_position(wal_end);
+        let in_transaction = self.open_transaction.is_some();
         match message {
-            LogicalMessage::Begin(_) if self.in_transaction => {
+            LogicalMessage::Begin(_) if in_transaction => {
                 return Err(AckError::Framing("Begin inside an open transaction"))
             }
-            LogicalMessage::Begin(_) => self.in_transaction = true,
-            LogicalMessage::Commit(c) if self.in_transaction => {
-                self.in_transaction = false;
+            LogicalMessage::Begin(b) => self.open_transaction = Some(b.final_lsn),
+            LogicalMessage::Commit(c) if in_transaction => {
+                self.open_transaction = None;
                 self.unapplied_commits.push_back(c.end_lsn);
                 self.note_position(c.end_lsn);
             }
             LogicalMessage::Commit(_) => return Err(AckError::Framing("Commit without Begin")),
-            LogicalMessage::Message(m) if !self.in_transaction => {
+            LogicalMessage::Message(m) if !in_transaction => {
                 self.unapplied_messages.push_back(m.lsn);
             }
             LogicalMessage::Insert(_)
             | LogicalMessage::Update(_)
             | LogicalMessage::Delete(_)
             | LogicalMessage::Truncate(_)
-                if !self.in_transaction =>
+                if !in_transaction =>
             {
                 return Err(AckError::Framing("row change outside a transaction"))
             }
@@ -110,35 +134,74 @@ impl AckGate {
             self.unapplied_messages.pop_front();
         }
         self.flush = self.flush.max(end_lsn);
+        self.confirm_settled_keepalives();
         Ok(self.flush)
     }
 
-    /// The caller finished the standalone message at `lsn`. It never moves
-    /// flush by itself (it is no commit boundary), but it stops counting as
-    /// outstanding for keepalive confirmation.
-    pub fn message_done(&mut self, lsn: Lsn) -> Result<(), AckError> {
+    /// The caller finished the standalone message at `lsn`. It is no commit
+    /// boundary, so it never becomes flush itself, but it stops counting as
+    /// outstanding, which may confirm a remembered keepalive. Returns the
+    /// flush position afterwards.
+    pub fn message_done(&mut self, lsn: Lsn) -> Result<Lsn, AckError> {
         let Some(index) = self.unapplied_messages.iter().position(|&l| l == lsn) else {
             return Err(AckError::UnknownMessage { lsn });
         };
         self.unapplied_messages.remove(index);
-        Ok(())
+        self.confirm_settled_keepalives();
+        Ok(self.flush)
     }
 
-    /// A primary keepalive: confirm its `wal_end` only when nothing received
-    /// is outstanding. Returns the flush position afterwards.
+    /// A primary keepalive: its `wal_end` is confirmed now if nothing
+    /// received before it is outstanding, else remembered until that work is
+    /// done. Returns the flush position afterwards.
     pub fn keepalive(&mut self, wal_end: Lsn) -> Lsn {
         self.note_position(wal_end);
-        if self.is_idle() {
-            self.flush = self.flush.max(wal_end);
+        if wal_end
+            > self
+                .pending_keepalives
+                .back()
+                .copied()
+                .unwrap_or(self.flush)
+        {
+            if self.pending_keepalives.len() == MAX_PENDING_KEEPALIVES {
+                self.pending_keepalives.pop_back();
+            }
+            self.pending_keepalives.push_back(wal_end);
         }
+        self.confirm_settled_keepalives();
         self.flush
     }
 
     /// Nothing received is waiting for the caller.
     pub fn is_idle(&self) -> bool {
-        !self.in_transaction
+        self.open_transaction.is_none()
             && self.unapplied_commits.is_empty()
             && self.unapplied_messages.is_empty()
+    }
+
+    /// Moves flush to every remembered keepalive position that no
+    /// outstanding work lies below.
+    fn confirm_settled_keepalives(&mut self) {
+        while let Some(&wal_end) = self.pending_keepalives.front() {
+            if !self.settled_below(wal_end) {
+                break;
+            }
+            self.flush = self.flush.max(wal_end);
+            self.pending_keepalives.pop_front();
+        }
+    }
+
+    /// Nothing outstanding could have been sent before a keepalive at
+    /// `wal_end`: no unapplied commit ending at or below it, no unapplied
+    /// message starting below it, no open transaction committing below it.
+    fn settled_below(&self, wal_end: Lsn) -> bool {
+        let commits = self
+            .unapplied_commits
+            .front()
+            .is_none_or(|&end| end > wal_end);
+        let messages = self.unapplied_messages.iter().all(|&lsn| lsn >= wal_end);
+        let open = self.open_transaction.is_none_or(|commit| commit >= wal_end);
+        commits && messages && open
     }
 
     /// The `write` position to report: the furthest position received.
@@ -163,9 +226,10 @@ mod tests {
 
     use super::*;
 
-    fn begin() -> LogicalMessage {
+    /// A Begin of the transaction whose commit record starts at `final_lsn`.
+    fn begin_at(final_lsn: u64) -> LogicalMessage {
         LogicalMessage::Begin(Begin {
-            final_lsn: Lsn(0),
+            final_lsn: Lsn(final_lsn),
             commit_ts: PgTimestamp(0),
             xid: 1,
         })
@@ -199,7 +263,8 @@ mod tests {
     }
 
     fn deliver_txn(gate: &mut AckGate, end: u64) {
-        gate.received(&begin(), Lsn(end - 0x100)).unwrap();
+        gate.received(&begin_at(end - 0x30), Lsn(end - 0x100))
+            .unwrap();
         gate.received(&insert(), Lsn(end - 0x80)).unwrap();
         gate.received(&commit(end), Lsn(end)).unwrap();
     }
@@ -246,19 +311,22 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_is_confirmed_only_when_nothing_is_outstanding() {
+    fn keepalive_is_confirmed_once_nothing_before_it_is_outstanding() {
         let mut gate = AckGate::new();
         assert_eq!(
             gate.keepalive(Lsn(0x500)),
             Lsn(0x500),
             "idle from the start"
         );
-        gate.received(&begin(), Lsn(0x900)).unwrap();
-        assert_eq!(gate.keepalive(Lsn(0x950)), Lsn(0x500), "open transaction");
+        gate.received(&begin_at(0x0fd0), Lsn(0x900)).unwrap();
+        assert_eq!(
+            gate.keepalive(Lsn(0x950)),
+            Lsn(0x950),
+            "the open transaction commits above it"
+        );
         gate.received(&commit(0x1000), Lsn(0x1000)).unwrap();
-        assert_eq!(gate.keepalive(Lsn(0x1100)), Lsn(0x500), "unapplied commit");
-        gate.commit_done(Lsn(0x1000)).unwrap();
-        assert_eq!(gate.keepalive(Lsn(0x1100)), Lsn(0x1100));
+        assert_eq!(gate.keepalive(Lsn(0x1100)), Lsn(0x950), "unapplied commit");
+        assert_eq!(gate.commit_done(Lsn(0x1000)), Ok(Lsn(0x1100)));
         assert_eq!(gate.last_received(), Lsn(0x1100));
     }
 
@@ -276,6 +344,60 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_behind_a_message_is_confirmed_when_the_message_is_done() {
+        let mut gate = AckGate::new();
+        gate.received(&bare_message(0x700), Lsn(0x700)).unwrap();
+        assert_eq!(gate.keepalive(Lsn(0x740)), Lsn(0), "message outstanding");
+        assert_eq!(gate.message_done(Lsn(0x700)), Ok(Lsn(0x740)));
+    }
+
+    #[test]
+    fn a_remembered_keepalive_waits_only_for_work_received_before_it() {
+        let mut gate = AckGate::new();
+        deliver_txn(&mut gate, 0x1000);
+        assert_eq!(gate.keepalive(Lsn(0x1100)), Lsn(0));
+        // Received after the keepalive: positions at or past its walEnd.
+        deliver_txn(&mut gate, 0x2000);
+        gate.received(&bare_message(0x2100), Lsn(0x2100)).unwrap();
+        assert_eq!(gate.commit_done(Lsn(0x1000)), Ok(Lsn(0x1100)));
+        assert!(!gate.is_idle());
+    }
+
+    #[test]
+    fn a_remembered_keepalive_is_not_confirmed_past_unfinished_work() {
+        let mut gate = AckGate::new();
+        deliver_txn(&mut gate, 0x1000);
+        gate.received(&bare_message(0x1200), Lsn(0x1200)).unwrap();
+        deliver_txn(&mut gate, 0x2000);
+        assert_eq!(gate.keepalive(Lsn(0x2100)), Lsn(0));
+        assert_eq!(gate.commit_done(Lsn(0x1000)), Ok(Lsn(0x1000)));
+        assert_eq!(gate.message_done(Lsn(0x1200)), Ok(Lsn(0x1000)));
+        assert_eq!(gate.commit_done(Lsn(0x2000)), Ok(Lsn(0x2100)));
+    }
+
+    #[test]
+    fn an_open_transaction_committing_below_a_keepalive_holds_it() {
+        let mut gate = AckGate::new();
+        gate.received(&begin_at(0x0fd0), Lsn(0x0f00)).unwrap();
+        assert_eq!(gate.keepalive(Lsn(0x0f80)), Lsn(0x0f80), "commits above");
+        assert_eq!(gate.keepalive(Lsn(0x1000)), Lsn(0x0f80), "commits below");
+        gate.received(&commit(0x1000), Lsn(0x1000)).unwrap();
+        assert_eq!(gate.commit_done(Lsn(0x1000)), Ok(Lsn(0x1000)));
+    }
+
+    #[test]
+    fn many_remembered_keepalives_stay_bounded_and_safe() {
+        let mut gate = AckGate::new();
+        gate.received(&bare_message(0x10), Lsn(0x10)).unwrap();
+        for step in 1..=1000u64 {
+            gate.keepalive(Lsn(0x100 * step));
+        }
+        assert!(gate.pending_keepalives.len() <= MAX_PENDING_KEEPALIVES);
+        assert_eq!(gate.flush(), Lsn(0));
+        assert_eq!(gate.message_done(Lsn(0x10)), Ok(Lsn(0x100 * 1000)));
+    }
+
+    #[test]
     fn flush_never_moves_backwards() {
         let mut gate = AckGate::new();
         gate.keepalive(Lsn(0x5000));
@@ -288,7 +410,7 @@ mod tests {
         let mut gate = AckGate::new();
         assert!(gate.received(&commit(0x100), Lsn(0x100)).is_err());
         assert!(gate.received(&insert(), Lsn(0x100)).is_err());
-        gate.received(&begin(), Lsn(0x100)).unwrap();
-        assert!(gate.received(&begin(), Lsn(0x100)).is_err());
+        gate.received(&begin_at(0x100), Lsn(0x100)).unwrap();
+        assert!(gate.received(&begin_at(0x100), Lsn(0x100)).is_err());
     }
 }

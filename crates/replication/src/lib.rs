@@ -8,13 +8,14 @@
 //! and publication inspection) goes through tokio-postgres ([`inspect`]).
 //!
 //! The rules from `research/pgoutput.md` section 0 that shape this crate:
-//! start at `0/0`; confirm only Commit `end_lsn`s the caller finished, or an
-//! idle keepalive's `walEnd` ([`AckGate`]); answer keepalives even while the
+//! start at `0/0`; confirm only Commit `end_lsn`s the caller finished, or a
+//! keepalive's `walEnd` once everything received before it is finished
+//! ([`AckGate`]); answer keepalives even while the
 //! caller is busy ([`ReplicationStream`] runs its own task); never negotiate
 //! streaming or two-phase, and refuse slots where two_phase got turned on.
 //!
 //! What it must never do: report a flush position that is not a finished
-//! transaction's end (or an idle keepalive), skip or reorder a message, or
+//! transaction's end (or a settled keepalive), skip or reorder a message, or
 //! create a TEMPORARY slot.
 
 mod ack;

@@ -119,9 +119,19 @@ impl Acker {
         Ok(flushed)
     }
 
-    /// The standalone logical message at `lsn` is handled.
-    pub fn message_done(&self, lsn: Lsn) -> Result<(), AckError> {
-        self.shared.gate().message_done(lsn)
+    /// The standalone logical message at `lsn` is handled. Returns the
+    /// flush position, which moves when this confirms a remembered keepalive
+    /// (see [`AckGate::message_done`]).
+    pub fn message_done(&self, lsn: Lsn) -> Result<Lsn, AckError> {
+        let (before, after) = {
+            let mut gate = self.shared.gate();
+            let before = gate.flush();
+            (before, gate.message_done(lsn)?)
+        };
+        if after > before {
+            self.shared.acked.notify_one();
+        }
+        Ok(after)
     }
 
     /// Current received and flushed positions.

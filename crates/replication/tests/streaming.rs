@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use cm_pgoutput::{LogicalMessage, Lsn};
 use cm_replication::{inspect, ReplicationConnection, ReplicationError, StartOptions};
 use cm_testkit::TestPostgres;
 use common::*;
@@ -194,4 +197,68 @@ async fn second_consumer_of_a_slot_gets_slot_busy() {
         .unwrap();
     assert!(err.is_slot_busy(), "{err}");
     first.stop().await.unwrap();
+}
+
+/// A slot whose database only sends standalone messages (the invalidator's
+/// heartbeats) while WAL it is never sent piles up (rolled-back work here,
+/// other databases in production) must still confirm past that WAL, or the
+/// slot holds it forever. The walsender sends a keepalive right behind what
+/// it decodes; here every keepalive arrives while the consumer is still
+/// handling a message (a slow cache write: 600 ms, longer than the 200 ms
+/// in which the walwriter flushes the rolled-back WAL and messages arrive
+/// faster than they are handled): it must be remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_slot_confirms_past_wal_it_is_never_sent() {
+    let pg = TestPostgres::start().unwrap();
+    let slot = setup(&pg).await;
+    let conn = ReplicationConnection::connect(&config(&pg)).await.unwrap();
+    let mut options = StartOptions::new(slot.clone(), [PUBLICATION]);
+    // Frequent status updates: the walsender stops sending keepalives once
+    // we report having received its position, so none arrives later by luck.
+    options.status_interval = Duration::from_millis(20);
+    let mut stream = conn.start_replication(options).await.unwrap();
+    let acker = stream.acker();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event.unwrap().unwrap(),
+                _ = &mut stopped => break,
+            };
+            match &event.message {
+                LogicalMessage::Message(m) if m.flags & 1 == 0 => {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    acker.message_done(m.lsn).unwrap();
+                }
+                LogicalMessage::Commit(c) => {
+                    acker.commit_done(c.end_lsn).unwrap();
+                }
+                _ => {}
+            }
+        }
+        stream.stop().await.unwrap();
+    });
+
+    let client = sql(&pg).await;
+    let beat_then_unsent_wal = "SELECT pg_logical_emit_message(false, 'hb', 'beat');
+        BEGIN; INSERT INTO item SELECT g, 'x' FROM generate_series(1, 100) g; ROLLBACK;
+        SELECT pg_current_wal_lsn();";
+    let written = pg.psql(beat_then_unsent_wal).unwrap();
+    let target: Lsn = written.lines().last().unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let info = inspect::slot_info(&client, &slot).await.unwrap().unwrap();
+        let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
+        if confirmed >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot never confirmed past {target} (still at {confirmed})"
+        );
+        pg.psql(beat_then_unsent_wal).unwrap();
+    }
+    stop.send(()).unwrap();
+    consumer.await.unwrap();
 }
