@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cm_keys::{discover, CanonicalValue, KeySpace, SchemaConfig, SchemaModel, TableName};
+use cm_keys::{discover, CanonicalValue, Key, KeySpace, SchemaConfig, SchemaModel, TableName};
 use cm_store::CacheStore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,7 +16,7 @@ use tokio_postgres::{Client, Column};
 use crate::dependencies::{self, ColumnOrigins, Param};
 use crate::entry::{Source, SourceParam};
 use crate::error::ReaderError;
-use crate::fill::{CachePlan, Fetched};
+use crate::fill::{CachePlan, Fetched, MissParts};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::{QueryOptions, ReaderOptions};
 use crate::plan::{StatementCache, StatementInfo};
@@ -55,6 +55,10 @@ pub struct QueryCache {
     pub(crate) metrics: Metrics,
     /// The registry bucket found full (no more appends to it).
     pub(crate) registry_full: AtomicU64,
+    /// The global epoch's key, read by every hit.
+    pub(crate) epoch_key: Key,
+    /// The invalidator heartbeat's key, read by every hit.
+    pub(crate) heartbeat_key: Key,
 }
 
 impl QueryCache {
@@ -68,6 +72,8 @@ impl QueryCache {
     ) -> Result<QueryCache, ReaderError> {
         options.validate()?;
         Ok(QueryCache {
+            epoch_key: space.epoch(),
+            heartbeat_key: space.heartbeat(),
             space,
             store,
             model,
@@ -128,11 +134,10 @@ impl QueryCache {
     {
         let plan = CachePlan {
             result: self.space.result(&[b"cached", key.as_bytes()]),
-            generations: Vec::new(),
-            pre_query: Vec::new(),
+            generations: Arc::new([]),
             check_heartbeat: false,
             ttl: ttl.min(self.options.flush_list_ttl),
-            source: None,
+            miss: Box::new(MissParts::default),
         };
         self.get_or_fill(&plan, || async {
             compute().await.map(|payload| Fetched {
@@ -178,11 +183,13 @@ impl QueryCache {
                 object_key.as_str().as_bytes(),
                 key.as_bytes(),
             ]),
-            generations: vec![self.space.table_generation(&identity)],
-            pre_query: vec![object_key],
+            generations: Arc::new([self.space.table_generation(&identity)]),
             check_heartbeat: true,
             ttl: ttl.min(self.options.flush_list_ttl),
-            source: None,
+            miss: Box::new(move || MissParts {
+                pre_query: vec![object_key.clone()],
+                source: None,
+            }),
         };
         self.get_or_fill(&plan, || async {
             compute().await.map(|payload| Fetched {
@@ -195,69 +202,88 @@ impl QueryCache {
     }
 
     /// The cache plan for one execution of a statement, or `None` when it
-    /// must be read through.
-    pub(crate) fn plan_for(
-        &self,
-        info: &StatementInfo,
-        options: &QueryOptions,
-        kind: &str,
-        sql: &str,
-        params: &[Param],
-    ) -> Option<CachePlan> {
+    /// must be read through. Only the result key is computed per call; the
+    /// generation keys come with the statement, the rest waits for a miss.
+    pub(crate) fn plan_for<'a>(
+        &'a self,
+        info: &'a StatementInfo,
+        options: &'a QueryOptions,
+        kind: &'a str,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> Option<CachePlan<'a>> {
         let reads = info.reads.as_ref().ok()?;
         for extra in &options.extra_tables {
             // An extra table must be one the invalidator knows.
             self.model.table(extra)?;
         }
-        let mut fingerprint: Vec<Vec<u8>> = vec![
-            kind.as_bytes().to_vec(),
-            options.namespace.as_bytes().to_vec(),
-            sql.as_bytes().to_vec(),
-        ];
-        for param in params {
-            let mut part = param.type_oid.to_be_bytes().to_vec();
-            match &param.bytes {
-                None => part.push(0),
-                Some(bytes) => {
-                    part.push(1);
-                    part.extend_from_slice(bytes);
-                }
-            }
-            fingerprint.push(part);
-        }
-        let parts: Vec<&[u8]> = fingerprint.iter().map(Vec::as_slice).collect();
+        let generations = if options.extra_tables.is_empty() {
+            info.generations
+                .get_or_init(|| {
+                    dependencies::generation_keys(&self.space, &self.model, reads, &[]).into()
+                })
+                .clone()
+        } else {
+            dependencies::generation_keys(&self.space, &self.model, reads, &options.extra_tables)
+                .into()
+        };
         Some(CachePlan {
-            result: self.space.result(&parts),
-            generations: dependencies::generation_keys(
-                &self.space,
-                &self.model,
-                reads,
-                &options.extra_tables,
-            ),
-            pre_query: dependencies::pre_query_keys(
-                &self.space,
-                &self.model,
-                reads,
-                &options.extra_tables,
-                params,
-            )
-            .into_iter()
-            .collect(),
+            result: self.result_key(options, kind, sql, &params),
+            generations,
             check_heartbeat: true,
             ttl: self.options.result_ttl(options),
-            source: Some(Source {
-                kind: kind.to_owned(),
-                namespace: options.namespace.clone(),
-                sql: sql.to_owned(),
-                params: params
-                    .iter()
-                    .map(|p| SourceParam {
-                        type_oid: p.type_oid,
-                        bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
-                    })
-                    .collect(),
+            miss: Box::new(move || MissParts {
+                pre_query: dependencies::pre_query_keys(
+                    &self.space,
+                    &self.model,
+                    reads,
+                    &options.extra_tables,
+                    &params,
+                )
+                .into_iter()
+                .collect(),
+                source: Some(Source {
+                    kind: kind.to_owned(),
+                    namespace: options.namespace.clone(),
+                    sql: sql.to_owned(),
+                    params: params
+                        .iter()
+                        .map(|p| SourceParam {
+                            type_oid: p.type_oid,
+                            bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
+                        })
+                        .collect(),
+                }),
             }),
         })
+    }
+
+    /// The `q:` key of one execution: result kind, namespace, statement
+    /// text, and each parameter's type oid and binary value.
+    fn result_key(&self, options: &QueryOptions, kind: &str, sql: &str, params: &[Param]) -> Key {
+        let encoded: Vec<Vec<u8>> = params
+            .iter()
+            .map(|param| {
+                let mut part = Vec::with_capacity(5 + param.bytes.as_ref().map_or(0, Vec::len));
+                part.extend_from_slice(&param.type_oid.to_be_bytes());
+                match &param.bytes {
+                    None => part.push(0),
+                    Some(bytes) => {
+                        part.push(1);
+                        part.extend_from_slice(bytes);
+                    }
+                }
+                part
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + encoded.len());
+        parts.extend([
+            kind.as_bytes(),
+            options.namespace.as_bytes(),
+            sql.as_bytes(),
+        ]);
+        parts.extend(encoded.iter().map(Vec::as_slice));
+        self.space.result(&parts)
     }
 
     /// Where each result column comes from, for the neighbour links. Looks

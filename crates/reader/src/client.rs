@@ -11,10 +11,12 @@ use tokio_postgres::{Client, Row, Transaction};
 
 use crate::cache::QueryCache;
 use crate::dependencies::{self, row_keys};
+use crate::entry::ROWS_KIND;
 use crate::error::ReaderError;
 use crate::fill::Fetched;
 use crate::metrics::MetricsSnapshot;
 use crate::options::QueryOptions;
+use crate::packed::PackedRows;
 use crate::row::{CachedRow, RowSet};
 
 /// A client whose `SELECT`s are served from the cache when valid.
@@ -147,8 +149,8 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<CachedRow>, ReaderError> {
-        let set = self.cached(sql, params, "rows", |_, set| Ok(set)).await?;
-        Ok(set.into_rows())
+        let rows = self.cached(sql, params, ROWS_KIND, pack).await?;
+        Ok(rows.into_rows())
     }
 
     /// See [`CachingClient::query_one`].
@@ -194,10 +196,10 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         let inner = sql.trim().trim_end_matches(';');
         // The newline ends a trailing `--` comment before the parenthesis.
         let wrapped = format!("SELECT count(*) FROM ({inner}\n) AS cm_count");
-        let set = self
-            .cached(&wrapped, params, "rows", |_, set| Ok(set))
-            .await?;
-        let rows = set.into_rows();
+        let rows = self
+            .cached(&wrapped, params, ROWS_KIND, pack)
+            .await?
+            .into_rows();
         match rows.as_slice() {
             [row] => row
                 .try_get::<i64>(0)
@@ -239,7 +241,7 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
     {
         let client: &Client = self.client.client.borrow();
         let cache = &self.client.cache;
-        let plan = if self.options.no_cache {
+        let info = if self.options.no_cache {
             crate::sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
             None
         } else {
@@ -247,9 +249,12 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
                 .statements
                 .info(client, &cache.model, &self.options.namespace, sql, params)
                 .await?;
-            dependencies::serialise_params(&info.param_types, params)
-                .and_then(|serialised| cache.plan_for(&info, &self.options, kind, sql, &serialised))
+            Some(info)
         };
+        let plan = info.as_deref().and_then(|info| {
+            let serialised = dependencies::serialise_params(&info.param_types, params)?;
+            cache.plan_for(info, &self.options, kind, sql, serialised)
+        });
         let Some(plan) = plan else {
             cache.metrics.bypasses();
             let (payload, _) = read(client, cache, sql, params, make, false).await?;
@@ -302,4 +307,9 @@ where
     }
     let payload = make(&rows, set)?;
     Ok((payload, post_query))
+}
+
+/// The payload of `query` and `count`: the result packed for the hit path.
+fn pack(_: &[Row], set: RowSet) -> Result<PackedRows, tokio_postgres::Error> {
+    Ok(PackedRows::from_set(&set))
 }

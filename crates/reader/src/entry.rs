@@ -12,7 +12,7 @@
 //! equal the ones read in the same multi-get; a generation key recorded here
 //! but not read (or read as missing) fails the check.
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes: an entry of another version is a miss.
@@ -81,6 +81,32 @@ pub(crate) fn encode<P: Serialize>(
     })
 }
 
+/// An entry as the hit path reads it: generation keys borrowed from the
+/// stored bytes and the source skipped, so a hit allocates only its payload.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HitEntry<'a, P> {
+    version: u8,
+    #[serde(borrow)]
+    pub(crate) snapshot: SnapshotRef<'a>,
+    /// Read past, never kept (entries are arrays: the name is not stored).
+    _source: IgnoredAny,
+    pub(crate) payload: P,
+}
+
+/// A [`Snapshot`] borrowed from stored bytes.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SnapshotRef<'a> {
+    pub(crate) epoch: u64,
+    #[serde(borrow)]
+    pub(crate) generations: Vec<(&'a str, u64)>,
+}
+
+/// Decodes an entry for a hit; `None` for bytes of another version or shape.
+pub(crate) fn decode_hit<'a, P: Deserialize<'a>>(bytes: &'a [u8]) -> Option<HitEntry<'a, P>> {
+    let entry: HitEntry<'a, P> = rmp_serde::from_slice(bytes).ok()?;
+    (entry.version == ENTRY_VERSION).then_some(entry)
+}
+
 /// Decodes an entry; `None` for bytes of another version or shape.
 pub(crate) fn decode<P: DeserializeOwned>(bytes: &[u8]) -> Option<Entry<P>> {
     let entry: Entry<P> = rmp_serde::from_slice(bytes).ok()?;
@@ -133,5 +159,28 @@ mod tests {
         // Version 1 entries (no source) are misses.
         let v1 = rmp_serde::to_vec(&(1u8, &snapshot, 1u8)).unwrap();
         assert!(decode::<u8>(&v1).is_none());
+        assert!(decode_hit::<u8>(&v1).is_none());
+        assert!(decode_hit::<u8>(&other).is_none());
+    }
+
+    #[test]
+    fn the_hit_decoding_borrows_the_snapshot_and_skips_the_source() {
+        let snapshot = Snapshot {
+            epoch: 3,
+            generations: vec![("p:g:a".into(), 1), ("p:g:b".into(), 2)],
+        };
+        let source = Source {
+            kind: ROWS_KIND.into(),
+            namespace: String::new(),
+            sql: "SELECT 1".into(),
+            params: Vec::new(),
+        };
+        for source in [None, Some(&source)] {
+            let bytes = encode(&snapshot, source, &vec![5u32, 6]).unwrap();
+            let hit: HitEntry<'_, Vec<u32>> = decode_hit(&bytes).unwrap();
+            assert_eq!(hit.snapshot.epoch, 3);
+            assert_eq!(hit.snapshot.generations, vec![("p:g:a", 1), ("p:g:b", 2)]);
+            assert_eq!(hit.payload, vec![5, 6]);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! read, counted, and never fails the caller.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cm_keys::{Heartbeat, Key};
@@ -12,22 +13,29 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::QueryCache;
-use crate::entry::{self, Snapshot, Source};
+use crate::entry::{self, Snapshot, SnapshotRef, Source};
 
-/// What to look up and what to register for one cached value.
-#[derive(Debug, Clone)]
-pub(crate) struct CachePlan {
+/// What to look up for one cached value. What only a miss needs is built
+/// by `miss`, so a hit computes nothing it does not read.
+pub(crate) struct CachePlan<'a> {
     /// The `q:` key.
     pub(crate) result: Key,
     /// Generation keys to snapshot and check.
-    pub(crate) generations: Vec<Key>,
-    /// Flush lists to join before the value is computed.
-    pub(crate) pre_query: Vec<Key>,
+    pub(crate) generations: Arc<[Key]>,
     /// Whether the value depends on the invalidator keeping up (everything
     /// but pure TTL caching).
     pub(crate) check_heartbeat: bool,
     /// The value's TTL.
     pub(crate) ttl: Duration,
+    /// Builds the flush lists to join and the source, on a miss.
+    pub(crate) miss: Box<dyn Fn() -> MissParts + Send + Sync + 'a>,
+}
+
+/// The parts of a plan only a miss uses.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MissParts {
+    /// Flush lists to join before the value is computed.
+    pub(crate) pre_query: Vec<Key>,
     /// The statement the value comes from, recorded in the entry and, with
     /// [`crate::ReaderOptions::inspection_registry`], registered for the
     /// checker; `None` for values computed by the caller.
@@ -62,7 +70,11 @@ enum Lookup<P> {
 impl QueryCache {
     /// Serves `plan` from the cache or computes it with `fetch`, filling the
     /// cache when that is safe. Errors are `fetch`'s only.
-    pub(crate) async fn get_or_fill<P, E, F, Fut>(&self, plan: &CachePlan, fetch: F) -> Result<P, E>
+    pub(crate) async fn get_or_fill<P, E, F, Fut>(
+        &self,
+        plan: &CachePlan<'_>,
+        fetch: F,
+    ) -> Result<P, E>
     where
         P: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -94,6 +106,7 @@ impl QueryCache {
             }
         };
         self.metrics.misses();
+        let miss = (plan.miss)();
         let snapshot = match self.snapshot(plan, epoch, generations).await {
             Ok(snapshot) => snapshot,
             Err(error) => return self.degrade(error, fetch).await,
@@ -114,7 +127,7 @@ impl QueryCache {
         // Join the pre-query flush lists while holding the lease: from here
         // on, an invalidation of any row that can change the result deletes
         // the placeholder and voids the fill.
-        if let Err(error) = self.append(&plan.pre_query, key).await {
+        if let Err(error) = self.append(&miss.pre_query, key).await {
             self.release(key, lease).await;
             return self.degrade(error, fetch).await;
         }
@@ -131,7 +144,7 @@ impl QueryCache {
         }
         let (registered, _) = tokio::join!(
             self.append(&fetched.post_query, key),
-            self.register_for_inspection(plan, key)
+            self.register_for_inspection(miss.source.as_ref(), key)
         );
         if let Err(error) = registered {
             self.metrics.cache_errors();
@@ -142,19 +155,25 @@ impl QueryCache {
         if let Some(hook) = &self.options.before_store {
             hook().await;
         }
-        self.store(plan, lease, &snapshot, &fetched.payload).await;
+        self.store(
+            plan,
+            miss.source.as_ref(),
+            lease,
+            &snapshot,
+            &fetched.payload,
+        )
+        .await;
         Ok(fetched.payload)
     }
 
     /// The one multi-get of a hit: result, epoch, heartbeat, generations.
-    async fn lookup<P: DeserializeOwned>(&self, plan: &CachePlan) -> Lookup<P> {
-        let epoch_key = self.space.epoch();
-        let heartbeat_key = self.space.heartbeat();
-        let mut keys: Vec<&str> = vec![
+    async fn lookup<P: DeserializeOwned>(&self, plan: &CachePlan<'_>) -> Lookup<P> {
+        let mut keys: Vec<&str> = Vec::with_capacity(3 + plan.generations.len());
+        keys.extend([
             plan.result.as_str(),
-            epoch_key.as_str(),
-            heartbeat_key.as_str(),
-        ];
+            self.epoch_key.as_str(),
+            self.heartbeat_key.as_str(),
+        ]);
         keys.extend(plan.generations.iter().map(Key::as_str));
         let items = match self.store.get_many(&keys).await {
             Ok(items) if items.len() == keys.len() => items,
@@ -178,7 +197,7 @@ impl QueryCache {
             .collect();
         let refused = items[0].is_some();
         if let Some(item) = &items[0] {
-            match entry::decode::<P>(&item.value) {
+            match entry::decode_hit::<P>(&item.value) {
                 Some(found) if valid(plan, &found.snapshot, epoch, &generations) => {
                     return Lookup::Hit(found.payload);
                 }
@@ -211,7 +230,7 @@ impl QueryCache {
     /// The generations to fill under: those read, creating missing ones.
     async fn snapshot(
         &self,
-        plan: &CachePlan,
+        plan: &CachePlan<'_>,
         epoch: Option<u64>,
         generations: Vec<Option<u64>>,
     ) -> Result<Snapshot, StoreError> {
@@ -219,7 +238,7 @@ impl QueryCache {
             Some(epoch) => epoch,
             None => self
                 .store
-                .create_generation_if_missing(self.space.epoch().as_str())
+                .create_generation_if_missing(self.epoch_key.as_str())
                 .await?
                 .get(),
         };
@@ -243,7 +262,7 @@ impl QueryCache {
 
     async fn lease<P: DeserializeOwned>(
         &self,
-        plan: &CachePlan,
+        plan: &CachePlan<'_>,
         snapshot: &Snapshot,
     ) -> Result<LeaseResult<P>, StoreError> {
         let key = plan.result.as_str();
@@ -292,13 +311,14 @@ impl QueryCache {
 
     async fn store<P: Serialize>(
         &self,
-        plan: &CachePlan,
+        plan: &CachePlan<'_>,
+        source: Option<&Source>,
         lease: Lease,
         snapshot: &Snapshot,
         payload: &P,
     ) {
         let key = plan.result.as_str();
-        let bytes = match entry::encode(snapshot, plan.source.as_ref(), payload) {
+        let bytes = match entry::encode(snapshot, source, payload) {
             Ok(bytes) => bytes,
             Err(error) => {
                 self.metrics.cache_errors();
@@ -363,13 +383,18 @@ pub(crate) fn generation(item: &Item) -> Option<u64> {
 /// Whether a value filled under `snapshot` is still valid given the epoch
 /// and generations just read. A missing one never matches.
 fn valid(
-    plan: &CachePlan,
-    snapshot: &Snapshot,
+    plan: &CachePlan<'_>,
+    snapshot: &SnapshotRef<'_>,
     epoch: Option<u64>,
     generations: &[Option<u64>],
 ) -> bool {
-    let keys: Vec<&str> = plan.generations.iter().map(Key::as_str).collect();
-    servable(&keys, snapshot, epoch, generations)
+    servable_parts(
+        &plan.generations,
+        snapshot.epoch,
+        &snapshot.generations,
+        epoch,
+        generations,
+    )
 }
 
 /// The hit-path validity rule: the epoch read equals the snapshot's, the
@@ -383,18 +408,34 @@ pub(crate) fn servable(
     epoch: Option<u64>,
     generations: &[Option<u64>],
 ) -> bool {
-    if epoch != Some(snapshot.epoch)
-        || snapshot.generations.len() != keys.len()
+    servable_parts(
+        keys,
+        snapshot.epoch,
+        &snapshot.generations,
+        epoch,
+        generations,
+    )
+}
+
+/// [`servable`] over a snapshot's parts, owned or borrowed.
+fn servable_parts(
+    keys: &[impl AsRef<str>],
+    snapshot_epoch: u64,
+    snapshot_generations: &[(impl AsRef<str>, u64)],
+    epoch: Option<u64>,
+    generations: &[Option<u64>],
+) -> bool {
+    if epoch != Some(snapshot_epoch)
+        || snapshot_generations.len() != keys.len()
         || generations.len() != keys.len()
     {
         return false;
     }
     keys.iter().zip(generations).all(|(key, current)| {
         current.is_some_and(|current| {
-            snapshot
-                .generations
+            snapshot_generations
                 .iter()
-                .any(|(k, v)| k == key && *v == current)
+                .any(|(k, v)| k.as_ref() == key.as_ref() && *v == current)
         })
     })
 }

@@ -60,6 +60,7 @@ mod fill;
 pub mod inspect;
 mod metrics;
 mod options;
+mod packed;
 mod plan;
 mod registry;
 mod row;

@@ -12,9 +12,9 @@
 //! is read through; every relation the text names directly is added too.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cm_keys::{SchemaModel, TableName};
+use cm_keys::{Key, SchemaModel, TableName};
 use postgres_types::{ToSql, Type};
 use serde_json::Value as Json;
 use tokio_postgres::Client;
@@ -54,6 +54,9 @@ pub(crate) struct StatementInfo {
     pub(crate) param_types: Vec<Type>,
     /// `Ok` with the tables read, or why the statement is read through.
     pub(crate) reads: Result<Reads, Uncacheable>,
+    /// The generation keys of the tables read, built at the first use
+    /// (without extra tables; those are added per call).
+    pub(crate) generations: OnceLock<Arc<[Key]>>,
 }
 
 /// The tables a cacheable statement reads.
@@ -131,7 +134,11 @@ impl StatementCache {
             reads,
             Err(Uncacheable::ValueDependentPlan | Uncacheable::Explain(_))
         );
-        let info = Arc::new(StatementInfo { param_types, reads });
+        let info = Arc::new(StatementInfo {
+            param_types,
+            reads,
+            generations: OnceLock::new(),
+        });
         if keep {
             self.put(&cache_key, info.clone());
         }

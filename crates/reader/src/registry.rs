@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cm_store::StoreError;
 
 use crate::cache::QueryCache;
-use crate::fill::CachePlan;
+use crate::entry::Source;
 
 /// The width of one registry bucket, in seconds.
 const BUCKET_SECS: u64 = 60;
@@ -35,8 +35,8 @@ fn current_bucket() -> u64 {
 impl QueryCache {
     /// Registers a result about to be stored; failures are only logged (the
     /// registry is a diagnostic aid, never a reason not to cache).
-    pub(crate) async fn register_for_inspection(&self, plan: &CachePlan, member: &str) {
-        if !self.options.inspection_registry || plan.source.is_none() {
+    pub(crate) async fn register_for_inspection(&self, source: Option<&Source>, member: &str) {
+        if !self.options.inspection_registry || source.is_none() {
             return;
         }
         let bucket = current_bucket();

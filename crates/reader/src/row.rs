@@ -19,6 +19,7 @@ use postgres_types::{FromSql, Kind, Type};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ColumnError;
+use crate::packed::PackedValues;
 
 /// A value's binary wire bytes, whatever its type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,16 +124,26 @@ mod sealed {
     impl<T: Sealed + ?Sized> Sealed for &T {}
 }
 
-/// One row of a result, from the cache or from the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of a result, from the cache or from the database. Rows of one
+/// result share its columns and one buffer of values.
+#[derive(Clone)]
 pub struct CachedRow {
     columns: Arc<[CachedColumn]>,
-    values: Vec<Option<Vec<u8>>>,
+    values: Arc<PackedValues>,
+    row: usize,
 }
 
 impl CachedRow {
-    pub(crate) fn new(columns: Arc<[CachedColumn]>, values: Vec<Option<Vec<u8>>>) -> CachedRow {
-        CachedRow { columns, values }
+    pub(crate) fn new(
+        columns: Arc<[CachedColumn]>,
+        values: Arc<PackedValues>,
+        row: usize,
+    ) -> CachedRow {
+        CachedRow {
+            columns,
+            values,
+            row,
+        }
     }
 
     /// The columns.
@@ -142,18 +153,18 @@ impl CachedRow {
 
     /// The number of values.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.values.width(self.row)
     }
 
     /// Whether the row has no columns.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len() == 0
     }
 
     /// A value's binary wire bytes (`None` for NULL).
     pub fn raw(&self, index: impl ColumnIndex) -> Option<&[u8]> {
         let i = index.position(&self.columns)?;
-        self.values.get(i)?.as_deref()
+        self.values.value(self.row, i).flatten()
     }
 
     /// Decodes a value, as `tokio_postgres::Row::get` does.
@@ -188,7 +199,7 @@ impl CachedRow {
                 rust_type: std::any::type_name::<T>(),
             });
         }
-        let raw = self.values.get(i).and_then(|v| v.as_deref());
+        let raw = self.values.value(self.row, i).flatten();
         T::from_sql_nullable(&ty, raw).map_err(|source| ColumnError::Decode {
             column: column.name.clone(),
             source,
@@ -223,21 +234,22 @@ impl RowSet {
             rows: out,
         })
     }
+}
 
-    /// The rows, sharing one column list.
-    pub(crate) fn into_rows(self) -> Vec<CachedRow> {
-        let columns: Arc<[CachedColumn]> = self.columns.into();
-        self.rows
-            .into_iter()
-            .map(|values| {
-                CachedRow::new(
-                    columns.clone(),
-                    values
-                        .into_iter()
-                        .map(|v| v.map(|b| b.into_vec()))
-                        .collect(),
-                )
-            })
-            .collect()
+impl PartialEq for CachedRow {
+    /// Same columns and the same values.
+    fn eq(&self, other: &CachedRow) -> bool {
+        self.columns == other.columns && self.values.row(self.row).eq(other.values.row(other.row))
+    }
+}
+
+impl Eq for CachedRow {}
+
+impl std::fmt::Debug for CachedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedRow")
+            .field("columns", &self.columns)
+            .field("values", &self.values.row(self.row).collect::<Vec<_>>())
+            .finish()
     }
 }
