@@ -8,12 +8,18 @@ CM_SERVERS_PID=
 
 # Starts the servers, waits for their env file (max 120 s) and sources it.
 #   cm_start_test_servers DIR   (DIR receives `env` and `servers.log`)
+# With CM_TEST_SERVERS_BIN set (a built cm-test-servers), runs that binary
+# instead of `cargo run` (which would build the debug profile).
 cm_start_test_servers() {
     local dir=$1
     local env_file=$dir/env log=$dir/servers.log
     # `cargo run` execs the binary, so $! is the server process itself.
-    cargo run -q --locked -p cm-testkit --bin cm-test-servers -- --env-file "$env_file" \
-        </dev/null >"$log" 2>&1 &
+    if [[ -n ${CM_TEST_SERVERS_BIN:-} ]]; then
+        "$CM_TEST_SERVERS_BIN" --env-file "$env_file" </dev/null >"$log" 2>&1 &
+    else
+        cargo run -q --locked -p cm-testkit --bin cm-test-servers -- --env-file "$env_file" \
+            </dev/null >"$log" 2>&1 &
+    fi
     CM_SERVERS_PID=$!
     local tries=0
     while [[ ! -f $env_file ]]; do
