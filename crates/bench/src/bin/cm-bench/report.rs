@@ -261,6 +261,13 @@ fn rows(f: &Figures, micro: &[(String, String)]) -> Vec<Row> {
             ">= 5x",
             speedup.map(|s| at_least(s, 5.0)),
         ));
+        let ceiling = raw.zip(pg).map(|(r, p)| p / r);
+        rows.push(row(
+            "reader: Postgres p50 / raw get p50 (the most any hit could gain)",
+            ceiling.map_or("-".to_owned(), |c| format!("{c:.1}x")),
+            "none (information)",
+            None,
+        ));
         rows.push(row(
             "reader: miss p50 vs plain query p50 (us)",
             format!(
