@@ -110,10 +110,10 @@ impl TxnInvalidations {
     /// Adds everything `other` invalidates (keys are moved, not copied).
     /// The union is not coarsened again: each part already kept to the
     /// budget.
-    pub fn merge(&mut self, mut other: TxnInvalidations) {
-        self.flush_lists.append(&mut other.flush_lists);
-        self.generations.append(&mut other.generations);
-        self.touched_tables.append(&mut other.touched_tables);
+    pub fn merge(&mut self, other: TxnInvalidations) {
+        union(&mut self.flush_lists, other.flush_lists);
+        union(&mut self.generations, other.generations);
+        union(&mut self.touched_tables, other.touched_tables);
         self.coarsened |= other.coarsened;
         self.changes += other.changes;
     }
@@ -175,6 +175,16 @@ impl CommitGroup {
     pub fn commits(&self) -> &[CommitInfo] {
         &self.commits
     }
+}
+
+/// Moves `other`'s keys into `set`, inserting the smaller set into the
+/// larger (`BTreeSet::append` rebuilds the whole tree: merging many small
+/// transactions into a group one by one would be quadratic).
+fn union(set: &mut BTreeSet<Key>, mut other: BTreeSet<Key>) {
+    if other.len() > set.len() {
+        std::mem::swap(set, &mut other);
+    }
+    set.extend(other);
 }
 
 /// Inserts `key` unless present, cloning it only then.
