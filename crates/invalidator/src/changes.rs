@@ -12,7 +12,10 @@
 
 use std::collections::HashMap;
 
-use cm_keys::{derive, images_from_pgoutput, ChangeKind, KeySpace, SchemaModel, Table, TableName};
+use cm_keys::{
+    derive_row_keys, images_from_pgoutput, ChangeKind, Key, KeySpace, SchemaModel, Table,
+    TableKeys, TableName,
+};
 use cm_pgoutput::{LogicalMessage, Oid, Relation};
 
 use crate::txn::TxnInvalidations;
@@ -40,6 +43,11 @@ pub struct ChangeMapper {
     space: KeySpace,
     model: SchemaModel,
     relations: HashMap<Oid, Relation>,
+    /// The table-level keys of each relation's table, built at its first
+    /// change (dropped with its Relation message).
+    table_keys: HashMap<Oid, TableKeys>,
+    /// Row keys of the change being mapped (reused).
+    row_keys: Vec<Key>,
     /// Bumps for schema changes seen outside a transaction (pgoutput sends
     /// Relation inside one, but a bump must never be dropped).
     pending_bumps: Vec<cm_keys::Key>,
@@ -52,6 +60,8 @@ impl ChangeMapper {
             space,
             model,
             relations: HashMap::new(),
+            table_keys: HashMap::new(),
+            row_keys: Vec::new(),
             pending_bumps: Vec::new(),
         }
     }
@@ -60,6 +70,7 @@ impl ChangeMapper {
     /// sends them again; re-sent identical ones are not schema changes).
     pub fn reset_session(&mut self) {
         self.relations.clear();
+        self.table_keys.clear();
     }
 
     /// Records a Relation message; a changed layout bumps the table.
@@ -79,6 +90,7 @@ impl ChangeMapper {
                 "schema change seen in a Relation message: table generation bumped"
             );
         }
+        self.table_keys.remove(&relation.rel_id);
         self.relations.insert(relation.rel_id, relation);
     }
 
@@ -108,8 +120,11 @@ impl ChangeMapper {
             }
             _ => return Ok(()),
         };
-        let relation = self.relation_of(rel_id)?;
-        let table = match self.resolve(relation) {
+        let relation = self
+            .relations
+            .get(&rel_id)
+            .ok_or(ChangeError::UnknownRelation(rel_id))?;
+        let table = match resolve(&self.model, relation) {
             Resolved::Known(table) => table,
             Resolved::Ignored => return Ok(()),
             Resolved::Unknown => {
@@ -118,13 +133,22 @@ impl ChangeMapper {
             }
         };
         match images_from_pgoutput(relation, kind, old, new) {
-            Ok(images) => txn.add(derive(
-                &self.space,
-                table,
-                kind,
-                images.old.as_ref(),
-                images.new.as_ref(),
-            )),
+            Ok(images) => {
+                let bump = derive_row_keys(
+                    &self.space,
+                    table,
+                    kind,
+                    images.old.as_ref(),
+                    images.new.as_ref(),
+                    &mut self.row_keys,
+                );
+                let space = &self.space;
+                let table_keys = self
+                    .table_keys
+                    .entry(rel_id)
+                    .or_insert_with(|| TableKeys::new(space, table));
+                txn.add_row(table_keys, bump, self.row_keys.drain(..));
+            }
             Err(error) => {
                 // A value that does not parse cannot feed a key: invalidate
                 // the whole table rather than guess.
@@ -142,17 +166,7 @@ impl ChangeMapper {
     }
 
     fn resolve(&self, relation: &Relation) -> Resolved<'_> {
-        let name = table_name(relation);
-        if self.model.is_ignored(&name) {
-            return Resolved::Ignored;
-        }
-        match self.model.table_by_oid(relation.rel_id) {
-            Some(table) if table.name == name => Resolved::Known(table),
-            _ => match self.model.table(&name) {
-                Some(table) => Resolved::Known(table),
-                None => Resolved::Unknown,
-            },
-        }
+        resolve(&self.model, relation)
     }
 
     /// The generation key readers snapshot for this relation's table (the
@@ -164,6 +178,21 @@ impl ChangeMapper {
                 self.space.table_generation(&table_name(relation))
             }
         }
+    }
+}
+
+/// What `model` says about `relation`'s table.
+fn resolve<'m>(model: &'m SchemaModel, relation: &Relation) -> Resolved<'m> {
+    let name = table_name(relation);
+    if model.is_ignored(&name) {
+        return Resolved::Ignored;
+    }
+    match model.table_by_oid(relation.rel_id) {
+        Some(table) if table.name == name => Resolved::Known(table),
+        _ => match model.table(&name) {
+            Some(table) => Resolved::Known(table),
+            None => Resolved::Unknown,
+        },
     }
 }
 

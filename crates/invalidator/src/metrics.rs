@@ -10,12 +10,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use cm_keys::Heartbeat;
-use cm_pgoutput::{Lsn, PgTimestamp};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
 
 use crate::apply::Applied;
 use crate::heartbeat::unix_micros_now;
-use crate::txn::TxnInvalidations;
+use crate::txn::CommitInfo;
 
 /// Registering a metric failed.
 pub use prometheus::Error as MetricsError;
@@ -112,24 +111,19 @@ impl Metrics {
         })
     }
 
-    /// Records one applied and acknowledged transaction.
-    pub fn record_commit(
-        &self,
-        txn: &TxnInvalidations,
-        applied: Applied,
-        commit_ts: PgTimestamp,
-        end_lsn: Lsn,
-    ) {
+    /// Records one applied and acknowledged transaction; `applied` counts
+    /// the cache work done for it (a group's work is counted once).
+    pub fn record_commit(&self, commit: &CommitInfo, applied: Applied) {
         self.transactions.inc();
-        self.changes.inc_by(txn.changes());
+        self.changes.inc_by(commit.changes);
         self.keys_invalidated.inc_by(applied.deleted as u64);
         self.generation_bumps.inc_by(applied.bumped as u64);
-        if txn.coarsened() {
+        if commit.coarsened {
             self.coarsened.inc();
         }
         self.ack_lsn
-            .set(i64::try_from(end_lsn.0).unwrap_or(i64::MAX));
-        if let Some(committed) = commit_ts.to_system_time() {
+            .set(i64::try_from(commit.end_lsn.0).unwrap_or(i64::MAX));
+        if let Some(committed) = commit.commit_ts.to_system_time() {
             if let Ok(elapsed) = committed.elapsed() {
                 self.commit_to_invalidated.observe(elapsed.as_secs_f64());
             }

@@ -1,4 +1,5 @@
-//! Transactions being applied, in commit order.
+//! Transactions being applied, in commit order, in groups of consecutive
+//! commits ([`CommitGroup`]).
 //!
 //! Their cache work runs concurrently (deletes and bumps commute and are
 //! idempotent), but results are taken in the order the transactions
@@ -11,22 +12,19 @@ use std::future::Future;
 use std::pin::Pin;
 
 use cm_keys::Heartbeat;
-use cm_pgoutput::{Lsn, PgTimestamp};
+use cm_pgoutput::Lsn;
 use futures::stream::{FuturesOrdered, StreamExt};
 
 use crate::apply::Applied;
-use crate::txn::TxnInvalidations;
+use crate::txn::CommitGroup;
 use crate::worker::WorkerError;
 
-/// Applies one transaction's invalidations and hands them back.
+/// Applies one group's invalidations and hands the group back.
 pub type ApplyFuture =
-    Pin<Box<dyn Future<Output = Result<(Applied, TxnInvalidations), WorkerError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(Applied, CommitGroup), WorkerError>> + Send>>;
 
 enum Entry {
-    Commit {
-        end_lsn: Lsn,
-        commit_ts: PgTimestamp,
-    },
+    Group,
     Heartbeat(Heartbeat, Lsn),
 }
 
@@ -38,14 +36,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Transactions not yet acknowledged.
+    /// Groups not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.applying.len()
     }
 
-    /// Starts applying a committed transaction.
-    pub fn push_commit(&mut self, apply: ApplyFuture, end_lsn: Lsn, commit_ts: PgTimestamp) {
-        self.entries.push_back(Entry::Commit { end_lsn, commit_ts });
+    /// Starts applying a group of committed transactions.
+    pub fn push_group(&mut self, apply: ApplyFuture) {
+        self.entries.push_back(Entry::Group);
         self.applying.push_back(apply);
     }
 
@@ -54,19 +52,17 @@ impl Pipeline {
         self.entries.push_back(Entry::Heartbeat(heartbeat, lsn));
     }
 
-    /// The oldest transaction once it is applied: its result, invalidations,
-    /// end LSN and commit time. Pending forever when nothing is in flight.
-    pub async fn next_applied(
-        &mut self,
-    ) -> Result<(Applied, TxnInvalidations, Lsn, PgTimestamp), WorkerError> {
+    /// The oldest group once it is applied, with its result. Pending
+    /// forever when nothing is in flight.
+    pub async fn next_applied(&mut self) -> Result<(Applied, CommitGroup), WorkerError> {
         let Some(result) = self.applying.next().await else {
             return std::future::pending().await;
         };
-        let (applied, txn) = result?;
+        let (applied, group) = result?;
         match self.entries.pop_front() {
-            Some(Entry::Commit { end_lsn, commit_ts }) => Ok((applied, txn, end_lsn, commit_ts)),
-            // Heartbeats are drained after every commit, so the front is
-            // always the commit whose result this is.
+            Some(Entry::Group) => Ok((applied, group)),
+            // Heartbeats are drained after every group, so the front is
+            // always the group whose result this is.
             _ => unreachable_order(),
         }
     }

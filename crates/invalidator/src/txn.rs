@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use cm_keys::{Invalidation, Key};
+use cm_keys::{Invalidation, Key, TableKeys};
+use cm_pgoutput::{Lsn, PgTimestamp};
 
 /// The invalidations collected for one transaction.
 #[derive(Debug, Default)]
@@ -29,17 +30,41 @@ impl TxnInvalidations {
 
     /// Adds one row change's keys.
     pub fn add(&mut self, invalidation: Invalidation) {
+        let Invalidation {
+            objects,
+            parents,
+            predicates,
+            table_changes,
+            table_generation,
+            bump_table_generation,
+        } = invalidation;
+        let table = TableKeys {
+            table_changes,
+            table_generation,
+        };
+        let row_keys = objects.into_iter().chain(parents).chain(predicates);
+        self.add_row(&table, bump_table_generation, row_keys);
+    }
+
+    /// Adds one row change's keys as [`cm_keys::derive_row_keys`] gives
+    /// them: its row-level flush lists, whether the table generation must
+    /// be bumped, and the table's own keys. Same effect as [`Self::add`].
+    pub fn add_row(
+        &mut self,
+        table: &TableKeys,
+        bump: bool,
+        row_keys: impl IntoIterator<Item = Key>,
+    ) {
         self.changes += 1;
-        let generation = invalidation.table_generation.clone();
-        if invalidation.bump_table_generation || self.coarsened {
-            self.generations.insert(generation.clone());
+        if bump || self.coarsened {
+            insert_cloned(&mut self.generations, &table.table_generation);
         }
-        self.touched_tables.insert(generation);
+        insert_cloned(&mut self.touched_tables, &table.table_generation);
         if self.coarsened {
             return;
         }
-        self.flush_lists
-            .extend(invalidation.flush_keys().into_iter().cloned());
+        insert_cloned(&mut self.flush_lists, &table.table_changes);
+        self.flush_lists.extend(row_keys);
         if self.flush_lists.len() > self.budget {
             // Past the budget: every table touched so far (and from now on)
             // is invalidated as a whole instead.
@@ -80,6 +105,92 @@ impl TxnInvalidations {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.flush_lists.is_empty() && self.generations.is_empty()
+    }
+
+    /// Adds everything `other` invalidates (keys are moved, not copied).
+    /// The union is not coarsened again: each part already kept to the
+    /// budget.
+    pub fn merge(&mut self, other: TxnInvalidations) {
+        union(&mut self.flush_lists, other.flush_lists);
+        union(&mut self.generations, other.generations);
+        union(&mut self.touched_tables, other.touched_tables);
+        self.coarsened |= other.coarsened;
+        self.changes += other.changes;
+    }
+}
+
+/// One committed transaction of a [`CommitGroup`]: what its
+/// acknowledgement and metrics need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The Commit's `end_lsn`: what is acknowledged.
+    pub end_lsn: Lsn,
+    /// The commit time, for the commit-to-invalidated lag.
+    pub commit_ts: PgTimestamp,
+    /// Row changes and table-wide invalidations of the transaction.
+    pub changes: u64,
+    /// Whether the transaction went past the key budget.
+    pub coarsened: bool,
+}
+
+/// Consecutive committed transactions applied as one unit: the union of
+/// their invalidations in one set of cache round trips. Deletes and bumps
+/// commute and are idempotent, so applying the union does exactly the work
+/// of applying each; the transactions are acknowledged, in commit order,
+/// only once the whole union is applied.
+#[derive(Debug, Default)]
+pub struct CommitGroup {
+    invalidations: TxnInvalidations,
+    commits: Vec<CommitInfo>,
+}
+
+impl CommitGroup {
+    /// Adds the next committed transaction.
+    pub fn push(&mut self, txn: TxnInvalidations, end_lsn: Lsn, commit_ts: PgTimestamp) {
+        self.commits.push(CommitInfo {
+            end_lsn,
+            commit_ts,
+            changes: txn.changes(),
+            coarsened: txn.coarsened(),
+        });
+        self.invalidations.merge(txn);
+    }
+
+    /// Transactions in the group.
+    pub fn len(&self) -> usize {
+        self.commits.len()
+    }
+
+    /// No transaction yet.
+    pub fn is_empty(&self) -> bool {
+        self.commits.is_empty()
+    }
+
+    /// The union of the transactions' invalidations.
+    pub fn invalidations(&self) -> &TxnInvalidations {
+        &self.invalidations
+    }
+
+    /// The transactions, in commit order.
+    pub fn commits(&self) -> &[CommitInfo] {
+        &self.commits
+    }
+}
+
+/// Moves `other`'s keys into `set`, inserting the smaller set into the
+/// larger (`BTreeSet::append` rebuilds the whole tree: merging many small
+/// transactions into a group one by one would be quadratic).
+fn union(set: &mut BTreeSet<Key>, mut other: BTreeSet<Key>) {
+    if other.len() > set.len() {
+        std::mem::swap(set, &mut other);
+    }
+    set.extend(other);
+}
+
+/// Inserts `key` unless present, cloning it only then.
+fn insert_cloned(set: &mut BTreeSet<Key>, key: &Key) {
+    if !set.contains(key) {
+        set.insert(key.clone());
     }
 }
 
@@ -134,6 +245,30 @@ mod tests {
             .map(|t| space.table_generation(&TableName::new("public", *t)))
             .collect();
         assert_eq!(txn.generations(), &expected);
+    }
+
+    #[test]
+    fn a_group_applies_the_union_and_keeps_each_commit() {
+        let space = KeySpace::new("t").unwrap();
+        let mut first = TxnInvalidations::new(10);
+        first.add(invalidation(&space, "a", 1));
+        let mut second = TxnInvalidations::new(1);
+        second.add(invalidation(&space, "a", 1));
+        second.add(invalidation(&space, "b", 2));
+        assert!(second.coarsened());
+        let mut group = CommitGroup::default();
+        group.push(first, Lsn(10), PgTimestamp(1));
+        group.push(second, Lsn(20), PgTimestamp(2));
+        let union = group.invalidations();
+        // a's object and change lists from the first; both tables' generations
+        // from the coarsened second.
+        assert_eq!(union.flush_lists().len(), 2);
+        assert_eq!(union.generations().len(), 2);
+        assert_eq!(union.changes(), 3);
+        assert!(union.coarsened());
+        let lsns: Vec<Lsn> = group.commits().iter().map(|c| c.end_lsn).collect();
+        assert_eq!(lsns, [Lsn(10), Lsn(20)]);
+        assert_eq!(group.commits().iter().map(|c| c.changes).sum::<u64>(), 3);
     }
 
     #[test]

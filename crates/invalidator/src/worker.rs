@@ -35,7 +35,10 @@ use crate::config::InvalidatorConfig;
 use crate::heartbeat::{heartbeat_for, message_prefix};
 use crate::metrics::Metrics;
 use crate::pipeline::{ApplyFuture, Pipeline};
-use crate::txn::TxnInvalidations;
+use crate::txn::{CommitGroup, TxnInvalidations};
+
+/// Most transactions applied as one [`CommitGroup`].
+const MAX_GROUP: usize = 64;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -259,9 +262,13 @@ impl Worker {
     ///
     /// Transactions are pipelined: while earlier ones are still being
     /// applied, later ones are read and their invalidations start, up to
-    /// `worker.max_in_flight`. Results come back in commit order, and each
-    /// transaction is acknowledged only when it and all before it are done;
-    /// a heartbeat is written only once everything received before it is.
+    /// `worker.max_in_flight` groups. Consecutive commits that arrive
+    /// together (already buffered by the stream) form one [`CommitGroup`],
+    /// applied with one set of cache round trips; a group starts as soon as
+    /// the stream has nothing more buffered, so grouping never waits for
+    /// the socket. Results come back in commit order, and each transaction
+    /// is acknowledged only when it and all before it are done; a heartbeat
+    /// is written only once everything received before it is.
     async fn stream(
         &self,
         mapper: &mut ChangeMapper,
@@ -271,19 +278,15 @@ impl Worker {
         let acker = stream.acker();
         let heartbeat_prefix = message_prefix(self.space.prefix());
         let mut txn: Option<(TxnInvalidations, PgTimestamp)> = None;
+        let mut group = CommitGroup::default();
         let mut pipeline = Pipeline::default();
         loop {
             let can_read = pipeline.in_flight() < self.config.worker.max_in_flight;
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 done = pipeline.next_applied(), if pipeline.in_flight() > 0 => {
-                    let (applied, invalidations, end_lsn, commit_ts) = done?;
-                    if self.crash_after_apply && !invalidations.is_empty() {
-                        tracing::error!("{CRASH_AFTER_APPLY_ENV} is set: aborting before the ack");
-                        std::process::abort();
-                    }
-                    acker.commit_done(end_lsn)?;
-                    self.metrics.record_commit(&invalidations, applied, commit_ts, end_lsn);
+                    let (applied, done) = done?;
+                    self.acknowledge(&acker, applied, &done)?;
                     for heartbeat in pipeline.heartbeats_now_due() {
                         self.complete_heartbeat(&acker, heartbeat).await?;
                     }
@@ -302,10 +305,12 @@ impl Worker {
                         }
                         LogicalMessage::Commit(commit) => {
                             if let Some((invalidations, commit_ts)) = txn.take() {
-                                pipeline.push_commit(self.applying(invalidations), commit.end_lsn, commit_ts);
+                                group.push(invalidations, commit.end_lsn, commit_ts);
                             }
                         }
                         LogicalMessage::Message(message) if !message.transactional() => {
+                            // It comes after every commit received so far.
+                            self.start_group(&mut pipeline, &mut group);
                             let heartbeat = (message.prefix == heartbeat_prefix)
                                 .then(|| heartbeat_for(message.lsn.0, &message.content))
                                 .flatten();
@@ -331,25 +336,57 @@ impl Worker {
                         }
                         _ => {}
                     }
+                    if !stream.has_buffered() || group.len() >= MAX_GROUP {
+                        self.start_group(&mut pipeline, &mut group);
+                    }
                 }
             }
         }
     }
 
-    /// A future that applies `txn` (retrying cache errors) and hands it back.
-    fn applying(&self, txn: TxnInvalidations) -> ApplyFuture {
+    /// Starts applying the commits gathered so far, if any.
+    fn start_group(&self, pipeline: &mut Pipeline, group: &mut CommitGroup) {
+        if !group.is_empty() {
+            pipeline.push_group(self.applying(std::mem::take(group)));
+        }
+    }
+
+    /// Acknowledges every transaction of an applied group, in commit order.
+    fn acknowledge(
+        &self,
+        acker: &cm_replication::Acker,
+        applied: Applied,
+        group: &CommitGroup,
+    ) -> Result<(), WorkerError> {
+        if self.crash_after_apply && !group.invalidations().is_empty() {
+            tracing::error!("{CRASH_AFTER_APPLY_ENV} is set: aborting before the ack");
+            std::process::abort();
+        }
+        // The group's cache work is counted once, with its first commit.
+        let mut applied = Some(applied);
+        for commit in group.commits() {
+            acker.commit_done(commit.end_lsn)?;
+            self.metrics
+                .record_commit(commit, applied.take().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// A future that applies `group` (retrying cache errors) and hands it back.
+    fn applying(&self, group: CommitGroup) -> ApplyFuture {
         let store = Arc::clone(&self.store);
         let metrics = Arc::clone(&self.metrics);
         let max_backoff = Duration::from_millis(self.config.worker.max_backoff_ms);
         Box::pin(async move {
+            let txn = group.invalidations();
             if txn.is_empty() {
-                return Ok((Applied::default(), txn));
+                return Ok((Applied::default(), group));
             }
             let applied = retry_store(max_backoff, &metrics, "apply invalidations", || {
-                apply_once(store.as_ref(), &txn)
+                apply_once(store.as_ref(), txn)
             })
             .await?;
-            Ok((applied, txn))
+            Ok((applied, group))
         })
     }
 

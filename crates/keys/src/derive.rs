@@ -127,39 +127,91 @@ pub fn derive(
     old: Option<&RowImage>,
     new: Option<&RowImage>,
 ) -> Invalidation {
+    let mut sink = SplitSink::default();
+    let bump = collect(space, table, kind, old, new, &mut sink);
+    let table_keys = TableKeys::new(space, table);
+    Invalidation {
+        objects: sorted(sink.objects),
+        parents: sorted(sink.parents),
+        predicates: sorted(sink.predicates),
+        table_changes: table_keys.table_changes,
+        table_generation: table_keys.table_generation,
+        bump_table_generation: bump,
+    }
+}
+
+/// The table-level keys of [`derive()`]: the same for every change of a
+/// table, so a caller deriving many changes can build them once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableKeys {
+    /// [`Invalidation::table_changes`].
+    pub table_changes: Key,
+    /// [`Invalidation::table_generation`].
+    pub table_generation: Key,
+}
+
+impl TableKeys {
+    /// The table-level keys of `table`.
+    pub fn new(space: &KeySpace, table: &Table) -> TableKeys {
+        TableKeys {
+            table_changes: space.table_changes(table.key_identity()),
+            table_generation: space.table_generation(table.key_identity()),
+        }
+    }
+}
+
+/// The row-level part of [`derive()`], for a caller that deduplicates
+/// keys itself: appends the change's object, parent and predicate keys
+/// (exactly [`Invalidation::row_keys`] of [`derive()`], in no particular
+/// order, each at most once) to `keys`, and returns
+/// [`Invalidation::bump_table_generation`]. The table-level keys are
+/// [`TableKeys`].
+pub fn derive_row_keys(
+    space: &KeySpace,
+    table: &Table,
+    kind: ChangeKind,
+    old: Option<&RowImage>,
+    new: Option<&RowImage>,
+    keys: &mut Vec<Key>,
+) -> bool {
+    let mut sink = AppendSink {
+        start: keys.len(),
+        keys,
+    };
+    collect(space, table, kind, old, new, &mut sink)
+}
+
+/// Runs the collector over the images `kind` has; returns the bump flag.
+fn collect(
+    space: &KeySpace,
+    table: &Table,
+    kind: ChangeKind,
+    old: Option<&RowImage>,
+    new: Option<&RowImage>,
+    sink: &mut dyn Sink,
+) -> bool {
+    let unknown = RowImage::new();
+    let images: &[&RowImage] = match kind {
+        ChangeKind::Truncate => return true,
+        _ if table.policy == TablePolicy::WholeTable => return true,
+        ChangeKind::Insert => &[new.unwrap_or(&unknown)],
+        ChangeKind::Delete => &[old.unwrap_or(&unknown)],
+        ChangeKind::Update => &[old.unwrap_or(&unknown), new.unwrap_or(&unknown)],
+    };
     let mut out = Collector {
         space,
         table,
-        objects: BTreeSet::new(),
-        parents: BTreeSet::new(),
-        predicates: BTreeSet::new(),
+        sink,
         bump: false,
     };
-    let unknown = RowImage::new();
-    let images: Vec<&RowImage> = match kind {
-        ChangeKind::Truncate => {
-            out.bump = true;
-            Vec::new()
-        }
-        _ if table.policy == TablePolicy::WholeTable => {
-            out.bump = true;
-            Vec::new()
-        }
-        ChangeKind::Insert => vec![new.unwrap_or(&unknown)],
-        ChangeKind::Delete => vec![old.unwrap_or(&unknown)],
-        ChangeKind::Update => vec![old.unwrap_or(&unknown), new.unwrap_or(&unknown)],
-    };
-    for image in images {
-        out.row(image);
-    }
-    Invalidation {
-        objects: out.objects.into_iter().collect(),
-        parents: out.parents.into_iter().collect(),
-        predicates: out.predicates.into_iter().collect(),
-        table_changes: space.table_changes(table.key_identity()),
-        table_generation: space.table_generation(table.key_identity()),
-        bump_table_generation: out.bump,
-    }
+    out.rows(images);
+    out.bump
+}
+
+fn sorted(mut keys: Vec<Key>) -> Vec<Key> {
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The keys a reader registers a cached result under for having seen `row`
@@ -173,91 +225,144 @@ pub fn keys_for_row(space: &KeySpace, table: &Table, row: &RowImage) -> Invalida
     derive(space, table, ChangeKind::Insert, None, Some(row))
 }
 
-struct Collector<'a> {
+/// Where the collector puts keys.
+trait Sink {
+    fn object(&mut self, key: Key);
+    fn parent(&mut self, key: Key);
+    fn predicate(&mut self, key: Key);
+}
+
+/// Keys by what they are, for [`Invalidation`].
+#[derive(Default)]
+struct SplitSink {
+    objects: Vec<Key>,
+    parents: Vec<Key>,
+    predicates: Vec<Key>,
+}
+
+impl Sink for SplitSink {
+    fn object(&mut self, key: Key) {
+        self.objects.push(key);
+    }
+    fn parent(&mut self, key: Key) {
+        self.parents.push(key);
+    }
+    fn predicate(&mut self, key: Key) {
+        self.predicates.push(key);
+    }
+}
+
+/// All keys in one list, each once (among those this change appended).
+struct AppendSink<'k> {
+    keys: &'k mut Vec<Key>,
+    start: usize,
+}
+
+impl AppendSink<'_> {
+    fn push(&mut self, key: Key) {
+        if !self.keys[self.start..].contains(&key) {
+            self.keys.push(key);
+        }
+    }
+}
+
+impl Sink for AppendSink<'_> {
+    fn object(&mut self, key: Key) {
+        self.push(key);
+    }
+    fn parent(&mut self, key: Key) {
+        self.push(key);
+    }
+    fn predicate(&mut self, key: Key) {
+        self.push(key);
+    }
+}
+
+/// `(column, value)` pairs naming a key; `None` is NULL.
+type Pairs<'a> = Vec<(&'a str, Option<&'a CanonicalValue>)>;
+
+struct Collector<'a, 's> {
     space: &'a KeySpace,
     table: &'a Table,
-    objects: BTreeSet<Key>,
-    parents: BTreeSet<Key>,
-    predicates: BTreeSet<Key>,
+    sink: &'s mut dyn Sink,
     bump: bool,
 }
 
-impl Collector<'_> {
-    fn row(&mut self, image: &RowImage) {
+impl<'a> Collector<'a, '_> {
+    /// The keys of every image. A key whose values are the same in the old
+    /// and the new image (the usual UPDATE) is hashed once.
+    fn rows(&mut self, images: &[&'a RowImage]) {
         let table = self.table;
         let identity = table.key_identity();
         if table.primary_key.is_empty() {
             // No row key: nothing can name this row, only the table can.
             self.bump = true;
-        } else if let Some(values) = self.values(image, &table.primary_key) {
-            self.objects.insert(
-                self.space
-                    .object(identity, &pairs(&table.primary_key, &values)),
-            );
+        } else {
+            for pairs in self.distinct(images, &table.primary_key, &table.primary_key) {
+                self.sink.object(self.space.object(identity, &pairs));
+            }
         }
         for fk in &table.foreign_keys {
-            self.parent(image, fk);
+            self.parents(images, fk);
         }
         for set in &table.predicate_sets {
-            if let Some(values) = self.values(image, set.columns()) {
-                self.predicates.insert(
-                    self.space
-                        .predicate(identity, &pairs(set.columns(), &values)),
-                );
+            for pairs in self.distinct(images, set.columns(), set.columns()) {
+                self.sink.predicate(self.space.predicate(identity, &pairs));
             }
         }
     }
 
-    fn parent(&mut self, image: &RowImage, fk: &ForeignKey) {
-        let Some(values) = self.values(image, &fk.columns) else {
-            return;
-        };
-        // MATCH SIMPLE: a NULL in any referencing column means no parent.
-        if values.iter().any(Option::is_none) {
-            return;
+    fn parents(&mut self, images: &[&'a RowImage], fk: &'a ForeignKey) {
+        for pairs in self.distinct(images, &fk.columns, &fk.parent_columns) {
+            // MATCH SIMPLE: a NULL in any referencing column means no parent.
+            if pairs.iter().any(|(_, value)| value.is_none()) {
+                continue;
+            }
+            let key = if fk.references_parent_key {
+                self.space.object(&fk.parent, &pairs)
+            } else {
+                self.space.predicate(&fk.parent, &pairs)
+            };
+            self.sink.parent(key);
         }
-        let pairs = pairs(&fk.parent_columns, &values);
-        let key = if fk.references_parent_key {
-            self.space.object(&fk.parent, &pairs)
-        } else {
-            self.space.predicate(&fk.parent, &pairs)
-        };
-        self.parents.insert(key);
     }
 
-    /// The values of `columns` (`None` = NULL), or `None` after setting the
-    /// bump flag when any is unknown or not keyable.
-    fn values<'i>(
+    /// For each image, the values of `columns` paired with `names`, leaving
+    /// out an image whose values equal the previous one's, and any image
+    /// where a value is unknown or not keyable (setting the bump flag).
+    fn distinct(
         &mut self,
-        image: &'i RowImage,
-        columns: &[String],
-    ) -> Option<Vec<Option<&'i CanonicalValue>>> {
+        images: &[&'a RowImage],
+        columns: &'a [String],
+        names: &'a [String],
+    ) -> Vec<Pairs<'a>> {
         if !self.table.columns_keyable(columns.iter()) {
             self.bump = true;
-            return None;
+            return Vec::new();
         }
-        let mut out = Vec::with_capacity(columns.len());
-        for column in columns {
-            match image.get(column) {
-                Value::Known(v) => out.push(Some(v)),
-                Value::Null => out.push(None),
-                Value::Unknown => {
-                    self.bump = true;
-                    return None;
-                }
+        let mut out: Vec<Pairs<'a>> = Vec::with_capacity(images.len());
+        for image in images {
+            match pairs(image, columns, names) {
+                Some(pairs) if out.last() != Some(&pairs) => out.push(pairs),
+                Some(_) => {}
+                None => self.bump = true,
             }
         }
-        Some(out)
+        out
     }
 }
 
-fn pairs<'a>(
-    columns: &'a [String],
-    values: &[Option<&'a CanonicalValue>],
-) -> Vec<(&'a str, Option<&'a CanonicalValue>)> {
-    columns
-        .iter()
-        .map(String::as_str)
-        .zip(values.iter().copied())
-        .collect()
+/// The values of `columns` in `image`, paired with `names`; `None` when
+/// any is unknown.
+fn pairs<'a>(image: &'a RowImage, columns: &'a [String], names: &'a [String]) -> Option<Pairs<'a>> {
+    let mut out = Vec::with_capacity(columns.len());
+    for (column, name) in columns.iter().zip(names) {
+        let value = match image.get(column) {
+            Value::Known(v) => Some(v),
+            Value::Null => None,
+            Value::Unknown => return None,
+        };
+        out.push((name.as_str(), value));
+    }
+    Some(out)
 }

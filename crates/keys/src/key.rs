@@ -217,47 +217,133 @@ impl KeySpace {
         table: &TableName,
         values: &[(&str, Option<&CanonicalValue>)],
     ) -> Key {
-        let mut sorted: Vec<(&str, Vec<u8>)> = values
-            .iter()
-            .map(|(column, value)| {
-                // NULL is the empty encoding; every canonical value has a tag byte.
-                (
-                    *column,
-                    value.map(CanonicalValue::encode).unwrap_or_default(),
-                )
-            })
-            .collect();
-        sorted.sort();
-        let mut parts: Vec<&[u8]> = vec![what, table.schema.as_bytes(), table.name.as_bytes()];
-        for (column, value) in &sorted {
-            parts.push(column.as_bytes());
-            parts.push(value);
+        let mut input = HashInput::new();
+        input.part(what);
+        input.part(table.schema.as_bytes());
+        input.part(table.name.as_bytes());
+        // Pairs are hashed sorted by column name, then by encoded value (the
+        // order of `(column, encoding)` tuples). Callers nearly always pass
+        // them sorted already: no copy then.
+        let sorted = values.windows(2).all(|w| w[0].0 < w[1].0);
+        if sorted {
+            for (column, value) in values {
+                input.part(column.as_bytes());
+                input.value(*value);
+            }
+        } else {
+            let mut pairs = values.to_vec();
+            pairs.sort_by(|a, b| a.0.cmp(b.0).then_with(|| encoded(a.1).cmp(&encoded(b.1))));
+            for (column, value) in pairs {
+                input.part(column.as_bytes());
+                input.value(value);
+            }
         }
-        self.make(KeyKind::FlushList, &parts)
+        self.finish(KeyKind::FlushList, input)
     }
 
     fn make(&self, kind: KeyKind, parts: &[&[u8]]) -> Key {
-        let digest = hash_parts(parts);
-        Key {
-            kind,
-            text: format!("{}:{}:{}", self.prefix, kind.tag(), digest),
+        let mut input = HashInput::new();
+        for part in parts {
+            input.part(part);
         }
+        self.finish(kind, input)
+    }
+
+    /// `{prefix}:{tag}:{32 hex digits}`, built in one allocation.
+    fn finish(&self, kind: KeyKind, input: HashInput) -> Key {
+        let digest = input.finish();
+        let tag = kind.tag();
+        let mut text = String::with_capacity(self.prefix.len() + tag.len() + 2 + 32);
+        text.push_str(&self.prefix);
+        text.push(':');
+        text.push_str(tag);
+        text.push(':');
+        for byte in &digest.as_bytes()[..16] {
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        Key { kind, text }
     }
 }
 
-/// Hashes the unambiguous encoding of `parts`: the domain tag, then each part
-/// as an 8-byte big-endian length and its bytes. Streams, so a 1 MB value is
-/// not copied.
-fn hash_parts(parts: &[&[u8]]) -> String {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(DOMAIN);
-    for part in parts {
-        hasher.update(&(part.len() as u64).to_be_bytes());
-        hasher.update(part);
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A value's encoding as hashed; NULL is the empty encoding (every
+/// canonical value has a tag byte).
+fn encoded(value: Option<&CanonicalValue>) -> Vec<u8> {
+    value.map(CanonicalValue::encode).unwrap_or_default()
+}
+
+/// How many input bytes are gathered before they are handed to BLAKE3.
+const INPUT_BUFFER: usize = 256;
+
+/// The unambiguous encoding of a key's parts, hashed as it is written: the
+/// domain tag, then each part as an 8-byte big-endian length and its bytes.
+/// Short inputs (nearly every key) are gathered on the stack and hashed in
+/// one call; longer ones stream into a [`blake3::Hasher`], so a 1 MB value
+/// is never copied. Either way the digest is BLAKE3 of the same bytes.
+struct HashInput {
+    buf: [u8; INPUT_BUFFER],
+    len: usize,
+    hasher: Option<Box<blake3::Hasher>>,
+}
+
+impl HashInput {
+    fn new() -> HashInput {
+        let mut input = HashInput {
+            buf: [0; INPUT_BUFFER],
+            len: 0,
+            hasher: None,
+        };
+        input.write(DOMAIN);
+        input
     }
-    let digest = hasher.finalize();
-    digest.as_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+
+    /// One length-prefixed part.
+    fn part(&mut self, bytes: &[u8]) {
+        self.write(&(bytes.len() as u64).to_be_bytes());
+        self.write(bytes);
+    }
+
+    /// One value as a part: [`CanonicalValue::encode`], written without
+    /// building it.
+    fn value(&mut self, value: Option<&CanonicalValue>) {
+        let Some(value) = value else {
+            return self.part(&[]);
+        };
+        let (tag, payload) = value.encoded_parts();
+        let bytes = payload.as_slice();
+        self.write(&((1 + bytes.len()) as u64).to_be_bytes());
+        self.write(&[tag]);
+        self.write(bytes);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        let hasher = self
+            .hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+        hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+        if bytes.len() > INPUT_BUFFER {
+            hasher.update(bytes);
+        } else {
+            self.buf[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
+        }
+    }
+
+    fn finish(self) -> blake3::Hash {
+        match self.hasher {
+            None => blake3::hash(&self.buf[..self.len]),
+            Some(mut hasher) => {
+                hasher.update(&self.buf[..self.len]);
+                hasher.finalize()
+            }
+        }
+    }
 }

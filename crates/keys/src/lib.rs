@@ -56,7 +56,9 @@ mod value;
 
 pub use catalog::{discover, CatalogError};
 pub use config::{ConfigError, ForeignKeyConfig, SchemaConfig, TableConfig};
-pub use derive::{derive, keys_for_row, ChangeKind, Invalidation, RowImage, Value};
+pub use derive::{
+    derive, derive_row_keys, keys_for_row, ChangeKind, Invalidation, RowImage, TableKeys, Value,
+};
 pub use heartbeat::{Heartbeat, WorkerState};
 pub use image::{image_from_binary, images_from_pgoutput, ImageError, RowImages};
 pub use key::{Key, KeyKind, KeySpace, PrefixError, MAX_PREFIX_LEN};

@@ -97,42 +97,55 @@ impl CanonicalValue {
     /// The bytes hashed into keys: a family tag, then the value. Stable: the
     /// golden key tests pin it, changing it invalidates every deployed key.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9);
-        match self {
-            CanonicalValue::Bool(v) => {
-                out.push(b'b');
-                out.push(u8::from(*v));
-            }
-            CanonicalValue::Int(v) => {
-                out.push(b'i');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            CanonicalValue::Text(v) => {
-                out.push(b's');
-                out.extend_from_slice(v.as_bytes());
-            }
-            CanonicalValue::Uuid(v) => {
-                out.push(b'u');
-                out.extend_from_slice(v);
-            }
-            CanonicalValue::Date(v) => {
-                out.push(b'd');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            CanonicalValue::Timestamp(v) => {
-                out.push(b't');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            CanonicalValue::TimestampTz(v) => {
-                out.push(b'z');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            CanonicalValue::Bytea(v) => {
-                out.push(b'x');
-                out.extend_from_slice(v);
-            }
-        }
+        let (tag, payload) = self.encoded_parts();
+        let payload = payload.as_slice();
+        let mut out = Vec::with_capacity(1 + payload.len());
+        out.push(tag);
+        out.extend_from_slice(payload);
         out
+    }
+}
+
+/// The bytes after a value's tag byte, without allocating: fixed-width
+/// numbers by value, text and bytes by reference.
+#[derive(Debug)]
+pub(crate) enum Payload<'a> {
+    /// Up to 16 bytes held inline (`len` of them are used).
+    Inline([u8; 16], usize),
+    /// Borrowed bytes.
+    Borrowed(&'a [u8]),
+}
+
+impl Payload<'_> {
+    fn fixed<const N: usize>(bytes: [u8; N]) -> Payload<'static> {
+        let mut out = [0; 16];
+        out[..N].copy_from_slice(&bytes);
+        Payload::Inline(out, N)
+    }
+
+    /// The payload bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes, len) => &bytes[..*len],
+            Payload::Borrowed(bytes) => bytes,
+        }
+    }
+}
+
+impl CanonicalValue {
+    /// [`CanonicalValue::encode`] as its tag byte and payload, for hashing
+    /// without building the encoding.
+    pub(crate) fn encoded_parts(&self) -> (u8, Payload<'_>) {
+        match self {
+            CanonicalValue::Bool(v) => (b'b', Payload::fixed([u8::from(*v)])),
+            CanonicalValue::Int(v) => (b'i', Payload::fixed(v.to_be_bytes())),
+            CanonicalValue::Text(v) => (b's', Payload::Borrowed(v.as_bytes())),
+            CanonicalValue::Uuid(v) => (b'u', Payload::Borrowed(v)),
+            CanonicalValue::Date(v) => (b'd', Payload::fixed(v.to_be_bytes())),
+            CanonicalValue::Timestamp(v) => (b't', Payload::fixed(v.to_be_bytes())),
+            CanonicalValue::TimestampTz(v) => (b'z', Payload::fixed(v.to_be_bytes())),
+            CanonicalValue::Bytea(v) => (b'x', Payload::Borrowed(v)),
+        }
     }
 }
 

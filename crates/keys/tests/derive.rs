@@ -5,8 +5,9 @@
 mod common;
 
 use cm_keys::{
-    derive, images_from_pgoutput, CanonicalValue, ChangeKind, ColumnSet, ImageError, Invalidation,
-    KeySpace, ReplicaIdentity, RowImage, Table, TableName, TablePolicy, Value,
+    derive, derive_row_keys, images_from_pgoutput, CanonicalValue, ChangeKind, ColumnSet,
+    ImageError, Invalidation, KeySpace, ReplicaIdentity, RowImage, Table, TableKeys, TableName,
+    TablePolicy, Value,
 };
 use cm_pgoutput::OldTuple;
 use common::{book, fk, relation, table, tuple};
@@ -39,13 +40,31 @@ fn change(
 ) -> Invalidation {
     let new = new.map(tuple);
     let images = images_from_pgoutput(&relation(table), kind, old.as_ref(), new.as_ref()).unwrap();
-    derive(
-        &space(),
-        table,
-        kind,
-        images.old.as_ref(),
-        images.new.as_ref(),
-    )
+    let (old, new) = (images.old.as_ref(), images.new.as_ref());
+    let inv = derive(&space(), table, kind, old, new);
+    assert_row_keys_agree(table, kind, old, new, &inv);
+    inv
+}
+
+/// `derive_row_keys` and `TableKeys` (the invalidator's path) give exactly
+/// what `derive` gives, each row key once.
+fn assert_row_keys_agree(
+    table: &Table,
+    kind: ChangeKind,
+    old: Option<&RowImage>,
+    new: Option<&RowImage>,
+    inv: &Invalidation,
+) {
+    let mut keys = vec![space().epoch()];
+    let bump = derive_row_keys(&space(), table, kind, old, new, &mut keys);
+    assert_eq!(bump, inv.bump_table_generation);
+    let appended: Vec<&cm_keys::Key> = keys[1..].iter().collect();
+    let distinct: std::collections::BTreeSet<&cm_keys::Key> = appended.iter().copied().collect();
+    assert_eq!(distinct.len(), appended.len(), "a row key appended twice");
+    assert_eq!(distinct, inv.row_keys());
+    let table_keys = TableKeys::new(&space(), table);
+    assert_eq!(table_keys.table_changes, inv.table_changes);
+    assert_eq!(table_keys.table_generation, inv.table_generation);
 }
 
 #[test]

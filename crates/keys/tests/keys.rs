@@ -192,3 +192,87 @@ proptest! {
         }
     }
 }
+
+/// More pins, taken from the scheme as it stood before the allocation-free
+/// key builder: every canonical value family, several columns in any order,
+/// a repeated column name (ordered by its encoded value), the "any change"
+/// list, the registry, a 64-byte prefix, and inputs longer than any
+/// internal buffer (a 1 MB text value, a long table name).
+#[test]
+fn golden_keys_of_every_value_family_and_shape() {
+    let space = space();
+    let long_prefix = KeySpace::new("P".repeat(64)).unwrap();
+    let book = TableName::new("public", "book");
+    let long_table = TableName::new("s".repeat(300), "t".repeat(300));
+    let uuid: [u8; 16] = *b"0123456789abcdef";
+    let megabyte = CanonicalValue::Text("é".repeat(1 << 19));
+    let values = [
+        CanonicalValue::Bool(true),
+        CanonicalValue::Bool(false),
+        CanonicalValue::Int(-7),
+        CanonicalValue::Int(i64::MAX),
+        CanonicalValue::Text("ключ 🔑".into()),
+        CanonicalValue::Text(String::new()),
+        CanonicalValue::Uuid(uuid),
+        CanonicalValue::Date(-1),
+        CanonicalValue::Timestamp(i64::MIN),
+        CanonicalValue::TimestampTz(1_234_567_890),
+        CanonicalValue::Bytea(vec![0, 255, 10]),
+        CanonicalValue::Bytea((0..=255).cycle().take(700).collect()),
+    ];
+    let mut keys: Vec<String> = values
+        .iter()
+        .map(|v| space.object(&book, &[("id", Some(v))]).as_str().to_owned())
+        .collect();
+    let (one, two, three) = (
+        CanonicalValue::Int(1),
+        CanonicalValue::Text("two".into()),
+        CanonicalValue::Int(3),
+    );
+    keys.extend(
+        [
+            space.predicate(
+                &book,
+                &[("c", Some(&three)), ("a", Some(&one)), ("b", Some(&two))],
+            ),
+            space.predicate(&book, &[("a", Some(&three)), ("a", Some(&one))]),
+            space.predicate(&book, &[("a", Some(&one)), ("a", None), ("b", None)]),
+            space.object(&book, &[("id", Some(&megabyte))]),
+            space.object(&long_table, &[(&"k".repeat(400), Some(&two))]),
+            space.table_changes(&book),
+            space.table_generation(&long_table),
+            space.registry(29_000_000),
+            space.worker_state(),
+            long_prefix.object(&book, &[("id", Some(&one))]),
+            long_prefix.result(&[b"SELECT $1", &23u32.to_be_bytes(), &[0; 300]]),
+        ]
+        .iter()
+        .map(|k| k.as_str().to_owned()),
+    );
+    let golden = [
+        "cm:f:02bf8b81caf2dfdc72538beb4a913bf4",
+        "cm:f:c20c7ae697394f0af8280bf61d2024f8",
+        "cm:f:424d6693f5b44a3624f64b061909146f",
+        "cm:f:c82cf66fec5508943a8979912f19bcc5",
+        "cm:f:6811aa9d11d9ba8a647f374966ebb3d8",
+        "cm:f:fcd6cb67aeee1ebce400081975f11e17",
+        "cm:f:24df4ab13da8bef7f31a221b347b576d",
+        "cm:f:1d44e2e5b4bddb3d6a1436eef0d8b043",
+        "cm:f:4c9f6d500486a8e6bade3d1c1ae1c33f",
+        "cm:f:f72081897c11a78834770b1b1102aa86",
+        "cm:f:d5a2b996a5ffaefa23b7fe729fde6205",
+        "cm:f:74178111a60acd38f6a17133e3752fba",
+        "cm:f:063ecb48901ea3284450ceba03e6575b",
+        "cm:f:6efa68fb2f55f0cb9d72fb9ac6588a73",
+        "cm:f:76d7dd970d060e0babd57d9de780832f",
+        "cm:f:081cbd4b3dc05867a589acfb49b81657",
+        "cm:f:4b41ed3bd7aaad86a95ad532dd144831",
+        "cm:f:9c5aad3abf908231ddd2d1e93f5b8147",
+        "cm:g:485da8adaac7032a4db588d9c67e8d4b",
+        "cm:f:e220a1d3948ce335bc0a1a57da9b11bb",
+        "cm:w:9e56f1303acf69fca0eb6bb94530e917",
+        "PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP:f:980abbd4d8fe6902c1a3dda356b04a56",
+        "PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP:q:889de014d601bad54f7b9778e505ab59",
+    ];
+    assert_eq!(keys, golden);
+}

@@ -94,6 +94,12 @@ impl Wire {
         }
     }
 
+    /// The next backend message if it is already complete in the buffer;
+    /// never waits for the socket.
+    pub(crate) fn read_buffered(&mut self) -> Result<Option<Backend>, ReplicationError> {
+        self.parse_buffered()
+    }
+
     fn parse_buffered(&mut self) -> Result<Option<Backend>, ReplicationError> {
         let header = Header::parse(&self.buf).map_err(|e| self.io_error(e))?;
         let Some(header) = header else {
