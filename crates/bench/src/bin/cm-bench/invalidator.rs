@@ -478,7 +478,6 @@ impl Bench {
         let memcached_before = memcached_cpu(&memcached_pids);
         let started = Instant::now();
         let mut worker = self.spawn_worker("worker-throughput.log")?;
-        let profile = start_profile(worker.pid, &self.work)?;
         let mut walsender_cpu = None;
         let deadline = started + Duration::from_secs(900);
         loop {
@@ -502,7 +501,6 @@ impl Bench {
         }
         let worker_seconds = started.elapsed().as_secs_f64();
         let worker_cpu = cpu_seconds(worker.pid);
-        let profile = profile.map(|p| p.finish());
         let worker_rate = updates as f64 / worker_seconds;
         r.put(
             "throughput.invalidator_seconds",
@@ -546,9 +544,6 @@ impl Bench {
             }
         }
         r.put("throughput.cached_left", self.still_cached(&sample).await?)?;
-        if let Some(Ok(text)) = profile {
-            r.put_text("throughput.profile", &text)?;
-        }
         Ok(worker)
     }
 
@@ -617,6 +612,11 @@ impl Bench {
         let r = &self.results;
         r.put("lag.seconds", seconds)?;
         r.put("lag.writers", writers)?;
+        // The worker is profiled at the highest rate only (it has no
+        // target): perf's own cost grows with the worker's thread switches,
+        // so it is never attached while the throughput or the 1,000 tx/s
+        // lag is measured.
+        let profiled_rate = rates.iter().copied().max();
         for rate in rates {
             eprintln!("==> lag: {rate} tx/s for {seconds} s");
             // Rows that sit in cached results, so writes really delete.
@@ -624,10 +624,19 @@ impl Bench {
                 .await?;
             let before = scrape(&self.metrics).await?;
             let cpu_before = cpu_seconds(worker.pid);
+            let profile = if profiled_rate == Some(rate) {
+                start_profile(worker.pid, &self.work)?
+            } else {
+                None
+            };
             let (achieved, probes) = self.paced_load(rate, seconds, writers).await?;
             let end = self.current_lsn().await?;
             self.wait_applied(&mut worker, end, Duration::from_secs(300))
                 .await?;
+            if let Some(Ok(text)) = profile.map(Profile::finish) {
+                r.put("lag.profile_rate", rate)?;
+                r.put_text("lag.profile", &text)?;
+            }
             let after = scrape(&self.metrics).await?;
             let cpu_after = cpu_seconds(worker.pid);
             let key = format!("lag.{rate}");

@@ -490,12 +490,16 @@ fn render_markdown(f: &Figures, rows: &[Row], table: &str, criterion_log: &str) 
         get(f, "throughput.invalidator_vmhwm_kib"),
     )?;
     writeln!(w)?;
-    if let Some(path) = f.get("throughput.profile") {
+    if let Some(path) = f.get("lag.profile") {
         if let Ok(profile) = std::fs::read_to_string(path) {
             writeln!(
                 w,
-                "`perf record -F 499 -e cpu-clock -g -p <worker>` during the catch-up, \
-                 `perf report --no-children --sort dso,symbol`, entries above 1.5%:\n"
+                "`perf record -F 499 -e cpu-clock -g -p <worker>` during the lag phase at {} tx/s \
+                 (not during the timed catch-up: perf's cost grows with the worker's thread \
+                 switches and would slow what is timed; the lag figures at this rate, which has \
+                 no target, are taken with perf attached), `perf report --no-children --sort \
+                 dso,symbol`, entries above 1.5%:\n",
+                get(f, "lag.profile_rate"),
             )?;
             writeln!(w, "```text\n{}\n```\n", profile.trim_end())?;
         }
