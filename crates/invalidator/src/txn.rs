@@ -161,6 +161,11 @@ impl CommitGroup {
         self.commits.len()
     }
 
+    /// Flush-list and generation keys in the union.
+    pub fn keys(&self) -> usize {
+        self.invalidations.flush_lists().len() + self.invalidations.generations().len()
+    }
+
     /// No transaction yet.
     pub fn is_empty(&self) -> bool {
         self.commits.is_empty()
@@ -264,6 +269,11 @@ mod tests {
         // from the coarsened second.
         assert_eq!(union.flush_lists().len(), 2);
         assert_eq!(union.generations().len(), 2);
+        assert_eq!(
+            group.keys(),
+            4,
+            "what the group closes on at the key budget"
+        );
         assert_eq!(union.changes(), 3);
         assert!(union.coarsened());
         let lsns: Vec<Lsn> = group.commits().iter().map(|c| c.end_lsn).collect();

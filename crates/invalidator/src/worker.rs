@@ -336,7 +336,13 @@ impl Worker {
                         }
                         _ => {}
                     }
-                    if !stream.has_buffered() || group.len() >= MAX_GROUP {
+                    // A group also closes at the key budget, so the keys
+                    // held stay bounded by groups in flight times about
+                    // twice the budget.
+                    if !stream.has_buffered()
+                        || group.len() >= MAX_GROUP
+                        || group.keys() >= self.config.worker.key_budget
+                    {
                         self.start_group(&mut pipeline, &mut group);
                     }
                 }
