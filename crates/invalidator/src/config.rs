@@ -85,7 +85,8 @@ pub struct WorkerConfig {
     /// Longest wait between retries (memcached or PostgreSQL down, slot busy), in milliseconds.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
-    /// Transactions whose invalidations may be applied concurrently; each is
+    /// Groups of transactions (commits that arrive together) whose
+    /// invalidations may be applied concurrently; each transaction is
     /// acknowledged only after it and all earlier ones are done.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
