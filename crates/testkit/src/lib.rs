@@ -40,6 +40,8 @@
 //!   [`TestMemcached::start`] then uses it instead of starting its own.
 //! * `CM_PG_BIN`: the PostgreSQL bin directory (with `initdb`, `pg_ctl`,
 //!   `psql`) to use; by default the highest `/usr/lib/postgresql/*/bin`.
+//! * `CM_TEST_MEMCACHED_MB`: memory of a memcached the kit starts (`-m`,
+//!   64 MiB by default).
 //!
 //! Without those variables every test starts its own servers and stops them
 //! when it ends, including when it panics. When the tests run as root,
@@ -62,7 +64,7 @@ mod util;
 
 pub use cluster::{PgCluster, PgClusterBuilder, StopMode};
 pub use error::TestkitError;
-pub use memcached::{MemcachedServer, TestMemcached, ENV_MEMCACHED};
+pub use memcached::{MemcachedServer, TestMemcached, ENV_MEMCACHED, ENV_MEMCACHED_MB};
 pub use postgres::{TestPostgres, ENV_PG_URL};
 
 /// Environment variable naming the PostgreSQL bin directory to use.

@@ -13,13 +13,31 @@ use crate::TestkitError;
 /// Environment variable with the `host:port` of a shared memcached.
 pub const ENV_MEMCACHED: &str = "CM_TEST_MEMCACHED";
 
+/// Environment variable with the memory (MiB, memcached `-m`) of a memcached
+/// this crate starts; 64 by default. The benchmarks raise it so that
+/// evictions do not stand in for invalidations.
+pub const ENV_MEMCACHED_MB: &str = "CM_TEST_MEMCACHED_MB";
+
+/// memcached's memory in MiB: `$CM_TEST_MEMCACHED_MB`, else 64.
+fn memory_mb() -> Result<u32, TestkitError> {
+    match std::env::var(ENV_MEMCACHED_MB) {
+        Err(_) => Ok(64),
+        Ok(text) => text.trim().parse().map_err(|_| TestkitError::BadEnv {
+            var: ENV_MEMCACHED_MB,
+            value: text.clone(),
+            reason: "not a whole number of MiB".to_owned(),
+        }),
+    }
+}
+
 /// How long to wait for memcached to answer `version`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many ports to try before giving up.
 const START_ATTEMPTS: usize = 3;
 
 /// A memcached process of our own on 127.0.0.1 at a free port
-/// (`memcached -l 127.0.0.1 -p PORT -U 0 -m 64 -t 2`). Dropping it kills it.
+/// (`memcached -l 127.0.0.1 -p PORT -U 0 -m 64 -t 2`; `-m` from
+/// [`ENV_MEMCACHED_MB`]). Dropping it kills it.
 #[derive(Debug)]
 pub struct MemcachedServer {
     child: Child,
@@ -52,6 +70,7 @@ impl MemcachedServer {
     }
 
     fn start_once(binary: &PathBuf) -> Result<MemcachedServer, TestkitError> {
+        let memory = memory_mb()?.to_string();
         let port = free_port()?;
         let mut cmd = Command::new(binary);
         cmd.args([
@@ -62,7 +81,7 @@ impl MemcachedServer {
             "-U",
             "0",
             "-m",
-            "64",
+            &memory,
             "-t",
             "2",
         ]);

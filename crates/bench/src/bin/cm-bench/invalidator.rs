@@ -18,7 +18,9 @@ use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, NoTls};
 
-use crate::util::{env_required, env_u64, free_port, have, pg_program, scrape, signal, Results};
+use crate::util::{
+    env_required, env_u64, free_port, have, memcached_stat, pg_program, scrape, signal, Results,
+};
 
 #[cfg(feature = "reader")]
 mod reader;
@@ -176,6 +178,7 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
         .put("machine.memcached", &bench.memcached)
         .and_then(|()| bench.results.put("run.database", &database))?;
 
+    let evictions_before = memcached_stat(&bench.memcached, "evictions").await?;
     let worker = bench.throughput().await?;
     worker.stop()?;
     let worker = bench.memory(memory_rows).await?;
@@ -185,6 +188,8 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
     worker.stop()?;
     #[cfg(feature = "reader")]
     reader_result?;
+    let evictions = memcached_stat(&bench.memcached, "evictions").await? - evictions_before;
+    bench.results.put("memcached.evictions", evictions)?;
 
     drop(bench);
     // Leave nothing behind on servers someone else may reuse.

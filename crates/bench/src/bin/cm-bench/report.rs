@@ -205,6 +205,12 @@ fn rows(f: &Figures, micro: &[(String, String)]) -> Vec<Row> {
         "< 64 MiB",
         hwm.map(|m| below(m, 64.0)),
     ));
+    rows.push(row(
+        "memcached: evictions during the run (each would read as a miss)",
+        get(f, "memcached.evictions"),
+        "none (information; should be 0)",
+        None,
+    ));
 
     if f.contains_key("reader.hit_p50_us") {
         let hit = num(f, "reader.hit_p50_us");

@@ -88,6 +88,34 @@ pub async fn scrape(addr: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// One counter from memcached's `stats` (e.g. `evictions`).
+pub async fn memcached_stat(addr: &str, name: &str) -> Result<u64> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"stats\r\n").await?;
+        let mut text = Vec::new();
+        let mut buf = vec![0_u8; 1 << 14];
+        while !text.ends_with(b"END\r\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(String::from_utf8_lossy(&text).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .context("memcached stats timed out")??;
+    let prefix = format!("STAT {name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .with_context(|| format!("memcached stats has no {name}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("memcached stat {name} is not a number"))
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
