@@ -3,6 +3,7 @@
 mod common;
 
 use std::error::Error;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,6 +40,7 @@ fn test_servers_publish_env_file_and_stop_on_sigterm() -> TestResult {
         Command::new(env!("CARGO_BIN_EXE_cm-test-servers"))
             .arg("--env-file")
             .arg(&env_file)
+            .env("CM_TEST_MEMCACHED_MB", "96")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()?,
@@ -66,6 +68,11 @@ fn test_servers_publish_env_file_and_stop_on_sigterm() -> TestResult {
         (pid, std::net::TcpStream::connect(mc_addr).is_ok())
     };
     assert!(mc_reachable);
+    assert_eq!(
+        memcached_limit_bytes(mc_addr)?,
+        96 * 1024 * 1024,
+        "CM_TEST_MEMCACHED_MB sets memcached's memory"
+    );
     assert!(pid_alive(postmaster_pid));
 
     let status = Command::new("kill")
@@ -85,6 +92,45 @@ fn test_servers_publish_env_file_and_stop_on_sigterm() -> TestResult {
     assert!(
         !Path::new(&env_file).exists(),
         "the env file was left behind"
+    );
+    Ok(())
+}
+
+/// memcached's `limit_maxbytes` stat.
+fn memcached_limit_bytes(addr: &str) -> Result<u64, Box<dyn Error>> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"stats\r\n")?;
+    let mut text = String::new();
+    let mut buf = [0_u8; 4096];
+    while !text.ends_with("END\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("STAT limit_maxbytes "))
+        .ok_or(format!("no limit_maxbytes in {text}"))?;
+    Ok(value.trim().parse()?)
+}
+
+#[test]
+fn a_bad_memcached_memory_setting_is_named() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_cm-test-servers"))
+        .arg("--env-file")
+        .arg(dir.path().join("env"))
+        .env("CM_TEST_MEMCACHED_MB", "lots")
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CM_TEST_MEMCACHED_MB") && stderr.contains("lots"),
+        "{stderr}"
     );
     Ok(())
 }
