@@ -187,8 +187,16 @@ impl<'de> Visitor<'de> for RowsVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut rows: A) -> Result<(), A::Error> {
+        let expected = rows.size_hint().unwrap_or(0);
+        self.0.row_starts.reserve(expected);
         while rows.next_element_seed(RowSeed(&mut *self.0))?.is_some() {
             self.0.end_row();
+            if self.0.rows() == 1 {
+                // Rows of one result are alike: size the buffers once.
+                let more = expected.saturating_sub(1);
+                self.0.spans.reserve(more * self.0.spans.len());
+                self.0.data.reserve(more * self.0.data.len());
+            }
         }
         Ok(())
     }
