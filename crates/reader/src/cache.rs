@@ -19,7 +19,7 @@ use crate::error::ReaderError;
 use crate::fill::{CachePlan, Fetched, MissParts};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::{QueryOptions, ReaderOptions};
-use crate::plan::{StatementCache, StatementInfo};
+use crate::plan::{Reads, StatementCache, StatementInfo};
 
 /// A row of a table named by its key values, for [`QueryCache::cached_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,30 +232,43 @@ impl QueryCache {
             generations,
             check_heartbeat: true,
             ttl: self.options.result_ttl(options),
-            miss: Box::new(move || MissParts {
-                pre_query: dependencies::pre_query_keys(
-                    &self.space,
-                    &self.model,
-                    reads,
-                    &options.extra_tables,
-                    &params,
-                )
-                .into_iter()
-                .collect(),
-                source: Some(Source {
-                    kind: kind.to_owned(),
-                    namespace: options.namespace.clone(),
-                    sql: sql.to_owned(),
-                    params: params
-                        .iter()
-                        .map(|p| SourceParam {
-                            type_oid: p.type_oid,
-                            bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
-                        })
-                        .collect(),
-                }),
-            }),
+            miss: Box::new(move || self.miss_parts(reads, options, kind, sql, &params)),
         })
+    }
+
+    /// What a miss of one execution registers and records: the pre-query
+    /// flush lists and the source.
+    fn miss_parts(
+        &self,
+        reads: &Reads,
+        options: &QueryOptions,
+        kind: &str,
+        sql: &str,
+        params: &[Param],
+    ) -> MissParts {
+        MissParts {
+            pre_query: dependencies::pre_query_keys(
+                &self.space,
+                &self.model,
+                reads,
+                &options.extra_tables,
+                params,
+            )
+            .into_iter()
+            .collect(),
+            source: Some(Source {
+                kind: kind.to_owned(),
+                namespace: options.namespace.clone(),
+                sql: sql.to_owned(),
+                params: params
+                    .iter()
+                    .map(|p| SourceParam {
+                        type_oid: p.type_oid,
+                        bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
+                    })
+                    .collect(),
+            }),
+        }
     }
 
     /// The `q:` key of one execution: result kind, namespace, statement
