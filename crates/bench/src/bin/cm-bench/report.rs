@@ -510,6 +510,17 @@ fn render_markdown(f: &Figures, rows: &[Row], table: &str, criterion_log: &str) 
             writeln!(w, "```text\n{}\n```\n", profile.trim_end())?;
         }
     }
+    if let Some(path) = f.get("reader.profile") {
+        if let Ok(profile) = std::fs::read_to_string(path) {
+            writeln!(
+                w,
+                "Reader hit path: `perf record -F 499 -e cpu-clock -g -p <cm-bench>` through \
+                 20,000 more hits after the timed ones (nothing else runs in the process then), \
+                 same report, entries above 1.5%:\n"
+            )?;
+            writeln!(w, "```text\n{}\n```\n", profile.trim_end())?;
+        }
+    }
     for rate in ["1000", "5000"] {
         if let Some(cpu) = f.get(&format!("lag.{rate}.invalidator_cpu_pct")) {
             writeln!(
