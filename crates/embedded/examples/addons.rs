@@ -16,7 +16,7 @@ use clap::Parser;
 use cm_embedded::{EmbeddedCache, EmbeddedOptions};
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig};
 use cm_reader::{CachedRow, CachingClient, QueryCache, ReaderOptions};
-use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
+use cm_store::{read_heartbeat, CacheStore, MemcachedConfig, MemcachedStore};
 use tokio_postgres::NoTls;
 
 /// The add-ons demo service.
@@ -159,14 +159,7 @@ async fn connect(args: &Args) -> Result<Connected> {
 }
 
 async fn heartbeat(store: &dyn CacheStore, space: &KeySpace) -> Option<Heartbeat> {
-    let key = space.heartbeat();
-    let item = store
-        .get_many(&[key.as_str()])
-        .await
-        .ok()?
-        .into_iter()
-        .next()??;
-    Heartbeat::decode(&item.value)
+    read_heartbeat(store, space).await.ok().flatten()
 }
 
 async fn wait_for_heartbeat(store: &dyn CacheStore, space: &KeySpace) -> Result<()> {

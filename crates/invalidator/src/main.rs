@@ -16,8 +16,9 @@ use cm_invalidator::config::{InvalidatorConfig, LogFormat};
 use cm_invalidator::heartbeat::unix_micros_now;
 use cm_invalidator::inspect;
 use cm_invalidator::setup;
-use cm_keys::{Heartbeat, KeySpace};
+use cm_keys::KeySpace;
 use cm_reader::inspect::{inspect_with, InspectOptions};
+use cm_store::read_heartbeat;
 
 /// Invalidates cached PostgreSQL query results from the WAL.
 #[derive(Parser)]
@@ -246,15 +247,9 @@ async fn run_status(config: &InvalidatorConfig, json: bool) -> Result<ExitCode> 
         .await?;
     let space = KeySpace::new(config.cache.prefix.clone()).context("config key cache.prefix")?;
     let store = assemble::store(config).await?;
-    let key = space.heartbeat();
-    let heartbeat = store
-        .get_many(&[key.as_str()])
+    let heartbeat = read_heartbeat(store.as_ref(), &space)
         .await
-        .context("reading the heartbeat from memcached")?
-        .into_iter()
-        .next()
-        .flatten()
-        .and_then(|item| Heartbeat::decode(&item.value));
+        .context("reading the heartbeat from memcached")?;
     let age = heartbeat.map(|h| {
         Duration::from_micros(unix_micros_now().saturating_sub(h.emitted_unix_micros)).as_secs_f64()
     });

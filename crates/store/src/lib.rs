@@ -40,6 +40,7 @@
 mod error;
 mod flush_list;
 mod generation;
+mod heartbeat;
 mod key;
 mod memcached;
 mod memory;
@@ -49,6 +50,7 @@ mod ttl;
 pub use error::{KeyProblem, StoreError};
 pub use flush_list::MEMBER_DELIMITER;
 pub use generation::Generation;
+pub use heartbeat::read_heartbeat;
 pub use key::{validate_key, MAX_KEY_LEN};
 pub use memcached::{
     fnv1a64, MemcachedConfig, MemcachedStore, StableRendezvous, DEFAULT_ITEM_SIZE_LIMIT,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{Heartbeat, KeySpace};
-use cm_store::CacheStore;
+use cm_store::{read_heartbeat, CacheStore};
 
 /// The `cm-invalidator` binary: `$CM_E2E_INVALIDATOR_BIN`, else built with
 /// cargo into the target directory this test runs from (a no-op when it is
@@ -111,14 +111,7 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 
 /// The heartbeat the worker last wrote.
 pub async fn heartbeat(store: &Arc<dyn CacheStore>, space: &KeySpace) -> Option<Heartbeat> {
-    let key = space.heartbeat();
-    let item = store
-        .get_many(&[key.as_str()])
-        .await
-        .ok()?
-        .into_iter()
-        .next()??;
-    Heartbeat::decode(&item.value)
+    read_heartbeat(store.as_ref(), space).await.ok().flatten()
 }
 
 /// The fence: waits until the worker's heartbeat LSN passes `lsn`, i.e.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
-use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
+use cm_store::{read_heartbeat, CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
 use cm_testkit::{TestEnv, TestMemcached, TestPostgres};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cm-invalidator");
@@ -144,15 +144,10 @@ impl Harness {
     }
 
     pub async fn heartbeat(&self) -> Option<Heartbeat> {
-        let key = self.space.heartbeat();
-        let item = self
-            .store
-            .get_many(&[key.as_str()])
+        read_heartbeat(self.store.as_ref(), &self.space)
             .await
-            .ok()?
-            .into_iter()
-            .next()??;
-        Heartbeat::decode(&item.value)
+            .ok()
+            .flatten()
     }
 
     /// The fence: waits until a heartbeat emitted after every write so far

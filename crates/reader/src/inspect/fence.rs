@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cm_keys::Heartbeat;
+use cm_store::read_heartbeat;
 use tokio_postgres::Client;
 
 use super::error::InspectError;
@@ -77,17 +77,9 @@ pub(crate) async fn wait_applied(
     fence: u64,
     timeout: Duration,
 ) -> Result<(), InspectError> {
-    let key = cache.key_space().heartbeat();
     let started = Instant::now();
     loop {
-        let heartbeat = cache
-            .store
-            .get_many(&[key.as_str()])
-            .await?
-            .into_iter()
-            .next()
-            .flatten()
-            .and_then(|item| Heartbeat::decode(&item.value));
+        let heartbeat = read_heartbeat(cache.store.as_ref(), cache.key_space()).await?;
         if heartbeat.is_some_and(|h| h.lsn >= fence) {
             return Ok(());
         }

@@ -12,9 +12,9 @@ use cm_bench::{
     cpu_seconds, histogram_quantile, parse_histogram, parse_sample, percentile, pids_named,
     url_with_database, vm_hwm_kib, vm_rss_kib,
 };
-use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
+use cm_keys::{CanonicalValue, Key, KeySpace, TableName};
 use cm_pgoutput::Lsn;
-use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
+use cm_store::{read_heartbeat, CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, NoTls};
 
@@ -309,11 +309,8 @@ impl Bench {
     }
 
     async fn heartbeat_lsn(&self) -> Result<Option<u64>> {
-        let key = self.space.heartbeat();
-        let item = self.store.get_many(&[key.as_str()]).await?.pop().flatten();
-        Ok(item
-            .and_then(|i| Heartbeat::decode(&i.value))
-            .map(|h| h.lsn))
+        let heartbeat = read_heartbeat(self.store.as_ref(), &self.space).await?;
+        Ok(heartbeat.map(|h| h.lsn))
     }
 
     fn spawn_worker(&self, log_name: &str) -> Result<Worker> {

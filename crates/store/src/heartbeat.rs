@@ -1,0 +1,59 @@
+//! Reading the invalidator's heartbeat key, for everything outside the
+//! reader's hit path (which reads it inside its one multi-get).
+
+use cm_keys::{Heartbeat, KeySpace};
+
+use crate::error::StoreError;
+use crate::store::CacheStore;
+
+/// The heartbeat the invalidator last wrote under `space`: `None` when
+/// there is none or it does not decode.
+pub async fn read_heartbeat(
+    store: &dyn CacheStore,
+    space: &KeySpace,
+) -> Result<Option<Heartbeat>, StoreError> {
+    let key = space.heartbeat();
+    let item = store
+        .get_many(&[key.as_str()])
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    Ok(item.and_then(|item| Heartbeat::decode(&item.value)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{MemoryStore, MemoryStoreConfig};
+
+    #[tokio::test]
+    async fn reads_what_was_written_and_nothing_else() {
+        let store = MemoryStore::new(MemoryStoreConfig::default());
+        let space = KeySpace::new("hbt").unwrap();
+        assert_eq!(read_heartbeat(&store, &space).await.unwrap(), None);
+        let key = space.heartbeat();
+        let ttl = Duration::from_secs(60);
+        store
+            .write_heartbeat(key.as_str(), b"garbage", ttl)
+            .await
+            .unwrap();
+        assert_eq!(read_heartbeat(&store, &space).await.unwrap(), None);
+        let heartbeat = Heartbeat {
+            lsn: 42,
+            emitted_unix_micros: 7,
+            applied_unix_micros: 9,
+        };
+        store
+            .write_heartbeat(key.as_str(), &heartbeat.encode(), ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_heartbeat(&store, &space).await.unwrap(),
+            Some(heartbeat)
+        );
+    }
+}
