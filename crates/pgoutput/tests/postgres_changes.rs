@@ -186,7 +186,25 @@ fn real_changes_decode_to_the_values_written() {
         "T cascade=true author,book_default,book_full",
         "C",
     ];
-    assert_eq!(rendered, expected);
+    assert_eq!(
+        first_relations_only(&rendered),
+        first_relations_only(&expected)
+    );
+}
+
+/// pgoutput sends a Relation again whenever its cache entry for the table
+/// is invalidated, which on a shared cluster can happen at any moment
+/// (research: a Relation may be re-sent at any time). Keeps each table's
+/// first Relation, so the order in which tables first appear and every
+/// change stay pinned.
+fn first_relations_only<S: AsRef<str>>(events: &[S]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|event| !event.starts_with("R ") || seen.insert(event.to_string()))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
