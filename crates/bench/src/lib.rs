@@ -48,6 +48,7 @@ pub fn item_table() -> Table {
         replica_identity: ReplicaIdentity::Full,
         identity_index_columns: Vec::new(),
         partition_root: None,
+        inherits_from: Vec::new(),
         unlogged: false,
         predicate_sets: vec![ColumnSet::new(["grp"])],
         policy: TablePolicy::Rows,

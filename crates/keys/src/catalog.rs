@@ -1,11 +1,12 @@
 //! Discovering tables from the PostgreSQL catalog.
 //!
-//! The only network IO in this crate: four read-only catalog queries over an
+//! The only network IO in this crate: five read-only catalog queries over an
 //! ordinary tokio-postgres connection. Every ordinary and partitioned table
 //! outside the system schemas (`pg_catalog`, `information_schema`,
 //! `pg_toast*`, `pg_temp*`) is returned with its columns, primary key,
-//! foreign key constraints, replica identity and partition root
-//! (`pg_partition_root`, which walks `pg_inherits`). The mapping and the
+//! foreign key constraints, replica identity, partition root
+//! (`pg_partition_root`, which walks `pg_inherits`) and direct `pg_inherits`
+//! parents. The mapping and the
 //! derived parts (predicate sets, parent key resolution) are applied by
 //! [`crate::SchemaModel::build`].
 //!
@@ -43,7 +44,27 @@ pub async fn discover(client: &Client) -> Result<Vec<Table>, CatalogError> {
     add_columns(client, &mut tables).await?;
     add_primary_keys(client, &mut tables).await?;
     add_foreign_keys(client, &mut tables).await?;
+    add_parents(client, &mut tables).await?;
     Ok(tables.into_values().collect())
+}
+
+/// Direct `pg_inherits` parents: partitions' parents and `INHERITS` ones.
+async fn add_parents(
+    client: &Client,
+    tables: &mut BTreeMap<u32, Table>,
+) -> Result<(), CatalogError> {
+    let sql = "SELECT inhrelid, inhparent FROM pg_inherits ORDER BY inhrelid, inhseqno";
+    for row in client.query(sql, &[]).await? {
+        let child: u32 = row.try_get(0)?;
+        let parent: u32 = row.try_get(1)?;
+        let Some(parent) = tables.get(&parent).map(|t| t.name.clone()) else {
+            continue;
+        };
+        if let Some(table) = tables.get_mut(&child) {
+            table.inherits_from.push(parent);
+        }
+    }
+    Ok(())
 }
 
 async fn discover_tables(client: &Client) -> Result<BTreeMap<u32, Table>, CatalogError> {
@@ -81,6 +102,7 @@ async fn discover_tables(client: &Client) -> Result<BTreeMap<u32, Table>, Catalo
             partition_root: root_schema
                 .zip(root_name)
                 .map(|(s, n)| TableName::new(s, n)),
+            inherits_from: Vec::new(),
             unlogged: persistence == "u",
             predicate_sets: Vec::new(),
             policy: TablePolicy::Rows,

@@ -200,6 +200,15 @@ impl KeySpace {
         self.make(KeyKind::Generation, &[b"epoch"])
     }
 
+    /// `g`: the schema version: the invalidator bumps it for every DDL it
+    /// applies (after bumping the generations the DDL touched). Readers
+    /// compare it with the value their schema model and learned statements
+    /// were read under, and re-learn when it moved; it never invalidates a
+    /// result by itself.
+    pub fn schema_version(&self) -> Key {
+        self.make(KeyKind::Generation, &[b"schema-version"])
+    }
+
     /// `hb`: the invalidator's heartbeat.
     pub fn heartbeat(&self) -> Key {
         self.make(KeyKind::Heartbeat, &[b"heartbeat"])

@@ -162,6 +162,11 @@ pub struct Table {
     pub identity_index_columns: Vec<String>,
     /// For a partition, the root of its partition tree.
     pub partition_root: Option<TableName>,
+    /// Direct parents in `pg_inherits` (the parent partitioned table of a
+    /// partition, or the parents of a table created with `INHERITS`). A
+    /// reader of a parent reads its children, so a change to a child
+    /// invalidates for every ancestor too ([`SchemaModel::ancestors`]).
+    pub inherits_from: Vec<TableName>,
     /// An unlogged table: its changes are never decoded, do not cache it.
     pub unlogged: bool,
     /// Column sets the reader may register predicate keys for.
@@ -256,5 +261,27 @@ impl SchemaModel {
     /// Whether the mapping says to ignore `name` (its changes invalidate nothing).
     pub fn is_ignored(&self, name: &TableName) -> bool {
         self.ignored.contains(name)
+    }
+
+    /// Every ancestor of `name` through `pg_inherits` (parents, their
+    /// parents, ...), nearest first, each once; empty for a table without
+    /// parents or one the model does not hold.
+    pub fn ancestors(&self, name: &TableName) -> Vec<TableName> {
+        let mut out: Vec<TableName> = Vec::new();
+        let mut next: Vec<TableName> = self
+            .tables
+            .get(name)
+            .map(|t| t.inherits_from.clone())
+            .unwrap_or_default();
+        while let Some(parent) = next.pop() {
+            if parent == *name || out.contains(&parent) {
+                continue;
+            }
+            if let Some(table) = self.tables.get(&parent) {
+                next.extend(table.inherits_from.iter().cloned());
+            }
+            out.push(parent);
+        }
+        out
     }
 }

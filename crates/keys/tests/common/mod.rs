@@ -36,6 +36,7 @@ pub fn table(name: &str, columns: &[&str], pk: &[&str], identity: ReplicaIdentit
         replica_identity: identity,
         identity_index_columns: Vec::new(),
         partition_root: None,
+        inherits_from: Vec::new(),
         unlogged: false,
         predicate_sets: Vec::new(),
         policy: TablePolicy::Rows,
