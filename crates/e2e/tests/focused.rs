@@ -79,7 +79,10 @@ async fn each_write_invalidates_counts_and_lists() {
             space.clone(),
             store.clone(),
             &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
-            ReaderOptions::default(),
+            ReaderOptions {
+                publication: Some("cm_pub".into()),
+                ..ReaderOptions::default()
+            },
         )
         .await
         .unwrap(),

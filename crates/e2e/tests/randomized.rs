@@ -118,7 +118,10 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
             space.clone(),
             store.clone(),
             &mapping,
-            ReaderOptions::default(),
+            ReaderOptions {
+                publication: Some("cm_pub".into()),
+                ..ReaderOptions::default()
+            },
         )
         .await
         .unwrap(),

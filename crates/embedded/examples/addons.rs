@@ -31,6 +31,10 @@ struct Args {
     /// Key prefix (must match the invalidator's `cache.prefix`).
     #[arg(long, default_value = "cm")]
     prefix: String,
+    /// The invalidator's publication (its `postgres.publication`): tables
+    /// outside it are read through.
+    #[arg(long, default_value = cm_reader::DEFAULT_PUBLICATION)]
+    publication: String,
     /// Run the invalidator inside this process with an in-process store.
     #[arg(long)]
     embedded: bool,
@@ -148,7 +152,10 @@ async fn connect(args: &Args) -> Result<Connected> {
         space.clone(),
         Arc::clone(&store),
         &SchemaConfig::default(),
-        ReaderOptions::default(),
+        ReaderOptions {
+            publication: Some(args.publication.clone()),
+            ..ReaderOptions::default()
+        },
     )
     .await?;
     Ok((

@@ -140,7 +140,13 @@ impl EmbeddedCache {
             message_prefix(space.prefix()),
             options.heartbeat_interval,
         ));
-        let cache = QueryCache::new(space.clone(), shared, model, options.reader.clone())?;
+        // The reader checks statements against the publication this worker
+        // streams, whatever the reader options said.
+        let reader = ReaderOptions {
+            publication: Some(options.publication.clone()),
+            ..options.reader.clone()
+        };
+        let cache = QueryCache::new(space.clone(), shared, model, reader)?;
         Ok(EmbeddedCache {
             client: CachingClient::new(sql, Arc::new(cache)),
             store,

@@ -41,6 +41,7 @@ pub async fn query_cache(
     let options = ReaderOptions {
         flush_list_ttl: registry_window,
         default_ttl: defaults.default_ttl.min(registry_window),
+        publication: Some(config.postgres.publication.clone()),
         ..defaults
     };
     Ok(QueryCache::new(space, store, Arc::new(model), options)?)

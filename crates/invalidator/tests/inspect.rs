@@ -44,7 +44,10 @@ async fn reader(h: &Harness) -> CachingClient<Client> {
         h.space.clone(),
         h.store.clone(),
         Arc::new(model),
-        ReaderOptions::default(),
+        ReaderOptions {
+            publication: Some("cm_pub".into()),
+            ..ReaderOptions::default()
+        },
     )
     .unwrap();
     CachingClient::new(client, Arc::new(cache))

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cm_keys::{discover, CanonicalValue, Key, KeySpace, SchemaConfig, SchemaModel, TableName};
@@ -42,13 +42,31 @@ impl ObjectRef {
     }
 }
 
+/// Discovers the tables and applies the mapping.
+async fn discover_model(
+    client: &Client,
+    config: &SchemaConfig,
+) -> Result<SchemaModel, ReaderError> {
+    let tables = discover(client)
+        .await
+        .map_err(|e| ReaderError::Config(format!("discovering the schema: {e}")))?;
+    SchemaModel::build(tables, config)
+        .map_err(|e| ReaderError::Config(format!("schema mapping: {e}")))
+}
+
 /// The shared state of the reader. Build one per process (per database),
 /// wrap it in an `Arc`, and hand it to every [`crate::CachingClient`].
 #[derive(Debug)]
 pub struct QueryCache {
     pub(crate) space: KeySpace,
     pub(crate) store: Arc<dyn CacheStore>,
-    pub(crate) model: Arc<SchemaModel>,
+    /// The schema model and the schema version it was read under.
+    model: RwLock<ModelState>,
+    /// The mapping the model was built with; `None` (a model handed to
+    /// [`QueryCache::new`]) means the model cannot be re-read after DDL.
+    mapping: Option<SchemaConfig>,
+    /// One re-discovery at a time.
+    refreshing: tokio::sync::Mutex<()>,
     pub(crate) options: ReaderOptions,
     pub(crate) statements: StatementCache,
     attribute_names: Mutex<HashMap<u32, Arc<HashMap<i16, String>>>>,
@@ -59,6 +77,16 @@ pub struct QueryCache {
     pub(crate) epoch_key: Key,
     /// The invalidator heartbeat's key, read by every hit.
     pub(crate) heartbeat_key: Key,
+    /// The schema version's key, read by every hit of a statement.
+    pub(crate) schema_version_key: Key,
+}
+
+/// A schema model and the schema version it was read under (`None`: not
+/// known, e.g. a model handed in by the caller).
+#[derive(Debug, Clone)]
+struct ModelState {
+    model: Arc<SchemaModel>,
+    version: Option<u64>,
 }
 
 impl QueryCache {
@@ -74,9 +102,15 @@ impl QueryCache {
         Ok(QueryCache {
             epoch_key: space.epoch(),
             heartbeat_key: space.heartbeat(),
+            schema_version_key: space.schema_version(),
             space,
             store,
-            model,
+            model: RwLock::new(ModelState {
+                model,
+                version: None,
+            }),
+            mapping: None,
+            refreshing: tokio::sync::Mutex::new(()),
             statements: StatementCache::new(options.statement_cache_capacity),
             options,
             attribute_names: Mutex::new(HashMap::new()),
@@ -86,7 +120,9 @@ impl QueryCache {
     }
 
     /// Like [`QueryCache::new`], with the model discovered from the
-    /// database's catalog and adjusted by `config`.
+    /// database's catalog and adjusted by `config`. Such a cache re-reads
+    /// its model when the invalidator reports DDL (the schema version
+    /// moved), so keys follow changed keys, columns and partitions.
     pub async fn discover(
         client: &Client,
         space: KeySpace,
@@ -94,12 +130,103 @@ impl QueryCache {
         config: &SchemaConfig,
         options: ReaderOptions,
     ) -> Result<QueryCache, ReaderError> {
-        let tables = discover(client)
+        let model = discover_model(client, config).await?;
+        let mut cache = QueryCache::new(space, store, Arc::new(model), options)?;
+        cache.mapping = Some(config.clone());
+        Ok(cache)
+    }
+
+    /// The learned statement for `sql` in `namespace`, learning it (under
+    /// the current schema version and a model at least that current) when
+    /// it is not known.
+    pub(crate) async fn statement(
+        &self,
+        client: &Client,
+        namespace: &str,
+        sql: &str,
+    ) -> Result<Arc<StatementInfo>, ReaderError> {
+        let key = StatementCache::key(namespace, sql);
+        if let Some(info) = self.statements.get(&key) {
+            return Ok(info);
+        }
+        // Read before learning: DDL committed after this read bumps the
+        // version again, and the hit path then drops what was learned.
+        let version = self.read_schema_version().await;
+        let model = self.model_for(client, version).await;
+        self.statements
+            .learn(
+                client,
+                model,
+                version,
+                self.options.publication.as_deref(),
+                key,
+                sql,
+            )
             .await
-            .map_err(|e| ReaderError::Config(format!("discovering the schema: {e}")))?;
-        let model = SchemaModel::build(tables, config)
-            .map_err(|e| ReaderError::Config(format!("schema mapping: {e}")))?;
-        QueryCache::new(space, store, Arc::new(model), options)
+    }
+
+    /// Drops every learned statement: the schema version moved.
+    pub(crate) fn schema_changed(&self) {
+        self.metrics.schema_changes();
+        self.statements.clear();
+    }
+
+    /// The current schema version, created (at a random start, like every
+    /// generation) when missing; `None` when the store fails.
+    async fn read_schema_version(&self) -> Option<u64> {
+        let key = self.schema_version_key.as_str();
+        match self.store.get_many(&[key]).await {
+            Ok(items) => match items.into_iter().next().flatten() {
+                Some(item) => crate::fill::generation(&item),
+                None => match self.store.create_generation_if_missing(key).await {
+                    Ok(value) => Some(value.get()),
+                    Err(error) => {
+                        self.metrics.cache_errors();
+                        tracing::warn!(%error, "creating the schema version failed; reading through");
+                        None
+                    }
+                },
+            },
+            Err(error) => {
+                self.metrics.cache_errors();
+                tracing::warn!(%error, "reading the schema version failed; reading through");
+                None
+            }
+        }
+    }
+
+    /// The model to learn a statement with under `version`: the current
+    /// one, re-discovered first when it was read under another version and
+    /// the cache knows its mapping. A failed re-discovery keeps the old
+    /// model and reports no version, so nothing learned with it is kept.
+    async fn model_for(&self, client: &Client, version: Option<u64>) -> Arc<SchemaModel> {
+        let (Some(mapping), Some(wanted)) = (&self.mapping, version) else {
+            return self.model();
+        };
+        let _one_at_a_time = self.refreshing.lock().await;
+        let current = self.model_state();
+        if current.version == Some(wanted) {
+            return current.model;
+        }
+        match discover_model(client, mapping).await {
+            Ok(model) => {
+                let model = Arc::new(model);
+                let mut state = self.model.write().unwrap_or_else(|e| e.into_inner());
+                *state = ModelState {
+                    model: model.clone(),
+                    version: Some(wanted),
+                };
+                model
+            }
+            Err(error) => {
+                tracing::warn!(%error, "re-reading the schema model failed; keeping the old one");
+                current.model
+            }
+        }
+    }
+
+    fn model_state(&self) -> ModelState {
+        self.model.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The counters so far.
@@ -112,9 +239,10 @@ impl QueryCache {
         &self.space
     }
 
-    /// The schema model.
-    pub fn model(&self) -> &SchemaModel {
-        &self.model
+    /// The schema model (the newest read; statements keep the one they
+    /// were learned with).
+    pub fn model(&self) -> Arc<SchemaModel> {
+        self.model_state().model
     }
 
     /// The options.
@@ -137,6 +265,7 @@ impl QueryCache {
             generations: Arc::new([]),
             check_heartbeat: false,
             ttl: ttl.min(self.options.flush_list_ttl),
+            schema_version: None,
             miss: Box::new(MissParts::default),
         };
         self.get_or_fill(&plan, || async {
@@ -167,7 +296,7 @@ impl QueryCache {
         Fut: std::future::Future<Output = Result<T, E>>,
     {
         let identity = self
-            .model
+            .model()
             .table(&object.table)
             .map(|t| t.key_identity().clone())
             .unwrap_or_else(|| object.table.clone());
@@ -186,6 +315,7 @@ impl QueryCache {
             generations: Arc::new([self.space.table_generation(&identity)]),
             check_heartbeat: true,
             ttl: ttl.min(self.options.flush_list_ttl),
+            schema_version: None,
             miss: Box::new(move || MissParts {
                 pre_query: vec![object_key.clone()],
                 source: None,
@@ -213,26 +343,27 @@ impl QueryCache {
         params: Vec<Param>,
     ) -> Option<CachePlan<'a>> {
         let reads = info.reads.as_ref().ok()?;
+        let model = &info.model;
         for extra in &options.extra_tables {
             // An extra table must be one the invalidator knows.
-            self.model.table(extra)?;
+            model.table(extra)?;
         }
         let generations = if options.extra_tables.is_empty() {
             info.generations
                 .get_or_init(|| {
-                    dependencies::generation_keys(&self.space, &self.model, reads, &[]).into()
+                    dependencies::generation_keys(&self.space, model, reads, &[]).into()
                 })
                 .clone()
         } else {
-            dependencies::generation_keys(&self.space, &self.model, reads, &options.extra_tables)
-                .into()
+            dependencies::generation_keys(&self.space, model, reads, &options.extra_tables).into()
         };
         Some(CachePlan {
             result: self.result_key(options, kind, sql, &params),
             generations,
             check_heartbeat: true,
             ttl: self.options.result_ttl(options),
-            miss: Box::new(move || self.miss_parts(reads, options, kind, sql, &params)),
+            schema_version: info.schema_version,
+            miss: Box::new(move || self.miss_parts(model, reads, options, kind, sql, &params)),
         })
     }
 
@@ -240,6 +371,7 @@ impl QueryCache {
     /// flush lists and the source.
     fn miss_parts(
         &self,
+        model: &SchemaModel,
         reads: &Reads,
         options: &QueryOptions,
         kind: &str,
@@ -249,7 +381,7 @@ impl QueryCache {
         MissParts {
             pre_query: dependencies::pre_query_keys(
                 &self.space,
-                &self.model,
+                model,
                 reads,
                 &options.extra_tables,
                 params,
@@ -304,6 +436,7 @@ impl QueryCache {
     pub(crate) async fn origins(
         &self,
         client: &Client,
+        model: &SchemaModel,
         columns: &[Column],
     ) -> Result<ColumnOrigins, tokio_postgres::Error> {
         let wanted: Vec<u32> = {
@@ -314,7 +447,7 @@ impl QueryCache {
             let mut wanted: Vec<u32> = columns
                 .iter()
                 .filter_map(Column::table_oid)
-                .filter(|oid| self.model.table_by_oid(*oid).is_some() && !known.contains_key(oid))
+                .filter(|oid| model.table_by_oid(*oid).is_some() && !known.contains_key(oid))
                 .collect();
             wanted.sort_unstable();
             wanted.dedup();
@@ -350,7 +483,7 @@ impl QueryCache {
         Ok(columns
             .iter()
             .map(|column| {
-                let table = self.model.table_by_oid(column.table_oid()?)?;
+                let table = model.table_by_oid(column.table_oid()?)?;
                 let name = known.get(&column.table_oid()?)?.get(&column.column_id()?)?;
                 Some((table.name.clone(), name.clone()))
             })

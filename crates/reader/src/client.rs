@@ -7,7 +7,7 @@ use std::sync::Arc;
 use postgres_types::ToSql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Transaction};
 
 use crate::cache::QueryCache;
 use crate::dependencies::{self, row_keys};
@@ -28,9 +28,13 @@ use crate::row::{CachedRow, RowSet};
 ///
 /// Transactions are never cached: use [`CachingClient::transaction`], whose
 /// reads go straight to the database. A transaction opened by sending
-/// `BEGIN` as a statement through the underlying client cannot be detected:
-/// reads in it would be served from and stored into the cache, seeing
-/// neither the transaction's own writes nor its snapshot. Do not do that.
+/// `BEGIN` as a statement through the underlying client is found on a miss:
+/// the fill checks, in the same round trip as its query, that the session is
+/// outside a transaction block, and stores nothing otherwise (so a rolled
+/// back write can never be served to anyone). A hit cannot check without a
+/// database round trip, which would cost what the cache saves: inside such
+/// a block, a hit returns the committed, cached result, as a read on another
+/// connection would, without the block's own uncommitted writes.
 #[derive(Debug)]
 pub struct CachingClient<C = Client> {
     client: C,
@@ -246,8 +250,7 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
             None
         } else {
             let info = cache
-                .statements
-                .info(client, &cache.model, &self.options.namespace, sql, params)
+                .statement(client, &self.options.namespace, sql)
                 .await?;
             Some(info)
         };
@@ -257,12 +260,13 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         });
         let Some(plan) = plan else {
             cache.metrics.bypasses();
-            let (payload, _) = read(client, cache, sql, params, make, false).await?;
+            let (payload, _) = read(client, cache, sql, params, make, None).await?;
             return Ok(payload);
         };
+        let model = info.as_deref().map(|info| &*info.model);
         cache
             .get_or_fill(&plan, || async {
-                let (payload, keys) = read(client, cache, sql, params, make, true).await?;
+                let (payload, keys) = read(client, cache, sql, params, make, model).await?;
                 Ok::<_, ReaderError>(Fetched {
                     payload,
                     cacheable: keys.is_some(),
@@ -273,29 +277,57 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
     }
 }
 
-/// Runs the statement; with `keys`, also the keys of the rows' objects and
-/// their FK parents (`None` when the column origins could not be looked up:
-/// the result is then not cached, as its neighbour links would be missing).
+/// Whether the statement runs in a transaction of its own. Outside a
+/// transaction block, a simple-protocol query starts its own transaction at
+/// its own start, so both timestamps are the same instant; inside a block
+/// (`BEGIN` sent as SQL) the block started earlier. The extended protocol
+/// would not do: there the transaction starts at Parse and the statement
+/// timestamp moves at Bind. A simple query is sent at its first poll, so it
+/// adds no round trip when pipelined with the query.
+const OUTSIDE_TRANSACTION_BLOCK: &str = "SELECT statement_timestamp() = transaction_timestamp()";
+
+/// Runs the statement; for a fill (`model` given), also the keys of the
+/// rows' objects and their FK parents. `None` keys mean "do not store": the
+/// column origins could not be looked up (the neighbour links would be
+/// missing), or the session is inside a transaction block, whose reads may
+/// hold uncommitted writes that a rollback would leave cached forever.
 async fn read<P, M>(
     client: &Client,
     cache: &QueryCache,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     make: M,
-    keys: bool,
+    model: Option<&cm_keys::SchemaModel>,
 ) -> Result<(P, Option<Vec<cm_keys::Key>>), ReaderError>
 where
     M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
 {
     let statement = client.prepare(sql).await?;
-    let rows = client.query(&statement, params).await?;
+    let Some(model) = model else {
+        let rows = client.query(&statement, params).await?;
+        let set = RowSet::capture(statement.columns(), &rows)?;
+        return Ok((make(&rows, set)?, None));
+    };
+    // Checked before and after, pipelined in this order on the connection:
+    // a block opened or closed by another user of the same client between
+    // the checks shows in one of them.
+    let (before, rows, after) = tokio::join!(
+        client.simple_query(OUTSIDE_TRANSACTION_BLOCK),
+        client.query(&statement, params),
+        client.simple_query(OUTSIDE_TRANSACTION_BLOCK),
+    );
+    let rows = rows?;
+    let outside = [before, after].iter().all(answered_true);
     let set = RowSet::capture(statement.columns(), &rows)?;
     let mut post_query = None;
-    if keys {
-        match cache.origins(client, statement.columns()).await {
+    if !outside {
+        cache.metrics.in_transaction_fills();
+        tracing::debug!(sql, "inside a transaction block: the result is not stored");
+    } else {
+        match cache.origins(client, model, statement.columns()).await {
             Ok(origins) => {
                 post_query = Some(
-                    row_keys(&cache.space, &cache.model, &origins, &set)
+                    row_keys(&cache.space, model, &origins, &set)
                         .into_iter()
                         .collect(),
                 );
@@ -307,6 +339,17 @@ where
     }
     let payload = make(&rows, set)?;
     Ok((payload, post_query))
+}
+
+/// Whether a one-value simple query answered `t`; anything else (an error
+/// included) is taken as "no".
+fn answered_true(answer: &Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>) -> bool {
+    let Ok(messages) = answer else {
+        return false;
+    };
+    messages
+        .iter()
+        .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
 }
 
 /// The payload of `query` and `count`: the result packed for the hit path.

@@ -82,12 +82,13 @@ pub(crate) fn pre_query_keys(
     let covered = reads
         .filter
         .as_ref()
-        .and_then(|filter| filter_keys(space, model, reads, filter, params));
+        .zip(reads.dependencies.sole_table.as_ref())
+        .and_then(|(filter, table)| filter_keys(space, model, table, filter, params));
     let covered_identity = covered.as_ref().map(|(identity, _)| identity.clone());
     if let Some((_, filter_keys)) = covered {
         keys.extend(filter_keys);
     }
-    for table in reads.tables.iter().chain(extra_tables) {
+    for table in reads.dependencies.tables.iter().chain(extra_tables) {
         if Some(table) == covered_identity.as_ref() {
             continue;
         }
@@ -101,7 +102,9 @@ pub(crate) fn pre_query_keys(
     keys
 }
 
-/// The generation keys to snapshot: every table read and every extra one.
+/// The generation keys to snapshot: every table read (by key identity),
+/// every view, materialized view and user function read through, and every
+/// extra table.
 pub(crate) fn generation_keys(
     space: &KeySpace,
     model: &SchemaModel,
@@ -109,6 +112,7 @@ pub(crate) fn generation_keys(
     extra_tables: &[TableName],
 ) -> Vec<Key> {
     let identities: BTreeSet<TableName> = reads
+        .dependencies
         .tables
         .iter()
         .chain(extra_tables)
@@ -118,6 +122,7 @@ pub(crate) fn generation_keys(
                 .map(|table| table.key_identity().clone())
                 .unwrap_or_else(|| t.clone())
         })
+        .chain(reads.dependencies.objects.iter().cloned())
         .collect();
     identities
         .iter()
@@ -127,27 +132,19 @@ pub(crate) fn generation_keys(
 
 /// The keys a single-table filter pins, with the table's identity; `None`
 /// when the filter does not pin any predicate set or the key.
+///
+/// `table` is the catalog's proof (`closure.rs`): the statement names one
+/// relation, that name resolves under the session's `search_path` to this
+/// plain table without children, and nothing else is read. The text's own
+/// name is never compared: the same bare name may be a view elsewhere.
 fn filter_keys(
     space: &KeySpace,
     model: &SchemaModel,
-    reads: &Reads,
+    table: &TableName,
     filter: &Filter,
     params: &[Param],
 ) -> Option<(TableName, Vec<Key>)> {
-    // The filter's table must be the plan's only scan: then the plan reads
-    // nothing of it but the filtered rows (no self-join, no partitions).
-    let [scan] = reads.scans.as_slice() else {
-        return None;
-    };
-    let named = scan.relation.name == filter.table
-        && filter
-            .schema
-            .as_ref()
-            .is_none_or(|s| *s == scan.relation.schema);
-    if !named || scan.relation != scan.identity {
-        return None;
-    }
-    let table = model.table(&scan.relation)?;
+    let table = model.table(table)?;
     if table.policy == TablePolicy::WholeTable {
         return None;
     }

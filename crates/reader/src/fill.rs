@@ -27,6 +27,10 @@ pub(crate) struct CachePlan<'a> {
     pub(crate) check_heartbeat: bool,
     /// The value's TTL.
     pub(crate) ttl: Duration,
+    /// For a statement: the schema version it was learned under, checked on
+    /// every lookup (a moved version drops the learned statements and reads
+    /// through); `None` for values computed by the caller.
+    pub(crate) schema_version: Option<u64>,
     /// Builds the flush lists to join and the source, on a miss.
     pub(crate) miss: Box<dyn Fn() -> MissParts + Send + Sync + 'a>,
 }
@@ -65,6 +69,9 @@ enum Lookup<P> {
     },
     /// Do not use the cache for this read.
     Bypass,
+    /// The schema changed since the statement was learned: re-learn it,
+    /// and read through this time.
+    Relearn,
 }
 
 impl QueryCache {
@@ -86,6 +93,11 @@ impl QueryCache {
                 return Ok(payload);
             }
             Lookup::Bypass => {
+                self.metrics.bypasses();
+                return fetch().await.map(|f| f.payload);
+            }
+            Lookup::Relearn => {
+                self.schema_changed();
                 self.metrics.bypasses();
                 return fetch().await.map(|f| f.payload);
             }
@@ -166,14 +178,19 @@ impl QueryCache {
         Ok(fetched.payload)
     }
 
-    /// The one multi-get of a hit: result, epoch, heartbeat, generations.
+    /// The one multi-get of a hit: result, epoch, heartbeat, the schema
+    /// version for a statement, generations.
     async fn lookup<P: DeserializeOwned>(&self, plan: &CachePlan<'_>) -> Lookup<P> {
-        let mut keys: Vec<&str> = Vec::with_capacity(3 + plan.generations.len());
+        let fixed = if plan.schema_version.is_some() { 4 } else { 3 };
+        let mut keys: Vec<&str> = Vec::with_capacity(fixed + plan.generations.len());
         keys.extend([
             plan.result.as_str(),
             self.epoch_key.as_str(),
             self.heartbeat_key.as_str(),
         ]);
+        if plan.schema_version.is_some() {
+            keys.push(self.schema_version_key.as_str());
+        }
         keys.extend(plan.generations.iter().map(Key::as_str));
         let items = match self.store.get_many(&keys).await {
             Ok(items) if items.len() == keys.len() => items,
@@ -190,8 +207,16 @@ impl QueryCache {
         if plan.check_heartbeat && !self.heartbeat_fresh(items[2].as_ref()) {
             return Lookup::Bypass;
         }
+        if let Some(learned_under) = plan.schema_version {
+            // A DDL the invalidator applied since the statement was learned
+            // may have changed what its text reads (a view redefined, a
+            // partition attached, a name now shadowed): learn it again.
+            if items[3].as_ref().and_then(generation) != Some(learned_under) {
+                return Lookup::Relearn;
+            }
+        }
         let epoch = items[1].as_ref().and_then(generation);
-        let generations: Vec<Option<u64>> = items[3..]
+        let generations: Vec<Option<u64>> = items[fixed..]
             .iter()
             .map(|item| item.as_ref().and_then(generation))
             .collect();

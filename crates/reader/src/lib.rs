@@ -53,6 +53,7 @@
 
 mod cache;
 mod client;
+mod closure;
 mod dependencies;
 mod entry;
 mod error;
@@ -70,5 +71,5 @@ pub use cache::{ObjectRef, QueryCache};
 pub use client::{CachedQuery, CachingClient};
 pub use error::{ColumnError, ReaderError};
 pub use metrics::MetricsSnapshot;
-pub use options::{BeforeStoreHook, QueryOptions, ReaderOptions};
+pub use options::{BeforeStoreHook, QueryOptions, ReaderOptions, DEFAULT_PUBLICATION};
 pub use row::{CachedColumn, CachedRow, ColumnIndex, RawValue};

@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     stores: AtomicU64,
     lease_lost: AtomicU64,
     oversized: AtomicU64,
+    in_transaction_fills: AtomicU64,
+    schema_changes: AtomicU64,
 }
 
 /// What the reader did since it was created.
@@ -39,6 +41,11 @@ pub struct MetricsSnapshot {
     pub lease_lost: u64,
     /// Results not stored because they exceed `max_value_bytes`.
     pub oversized: u64,
+    /// Fills not stored because the session was inside a transaction block.
+    pub in_transaction_fills: u64,
+    /// Times the schema version moved and the learned statements were
+    /// dropped (DDL applied by the invalidator).
+    pub schema_changes: u64,
 }
 
 macro_rules! counters {
@@ -67,5 +74,7 @@ counters!(
     stale_rejections,
     stores,
     lease_lost,
-    oversized
+    oversized,
+    in_transaction_fills,
+    schema_changes
 );

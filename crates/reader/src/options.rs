@@ -17,6 +17,9 @@ use crate::error::ReaderError;
 /// [`ReaderOptions::before_store`].
 pub type BeforeStoreHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// The publication the invalidator streams by default.
+pub const DEFAULT_PUBLICATION: &str = "cm_invalidator";
+
 /// Settings shared by every query of one [`crate::QueryCache`].
 #[derive(Clone)]
 pub struct ReaderOptions {
@@ -56,6 +59,12 @@ pub struct ReaderOptions {
     /// overflows memcached's item size stops recording for the rest of that
     /// minute, so the checker sees a bounded, possibly partial list.
     pub inspection_registry: bool,
+    /// The invalidator's publication (default `cm_invalidator`, the
+    /// invalidator's default). A statement reading a table outside it is
+    /// read through: the worker never sees that table's changes. `None`
+    /// skips the check, for setups where every table is published and the
+    /// reader's role cannot read `pg_publication_tables`.
+    pub publication: Option<String>,
     /// Test hook, run after a miss's query and before its store; `None` in
     /// production. Lets a test invalidate in that window (the stale-set race).
     pub before_store: Option<BeforeStoreHook>,
@@ -73,6 +82,7 @@ impl fmt::Debug for ReaderOptions {
             .field("max_value_bytes", &self.max_value_bytes)
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("inspection_registry", &self.inspection_registry)
+            .field("publication", &self.publication)
             .field("before_store", &self.before_store.is_some())
             .finish()
     }
@@ -90,6 +100,7 @@ impl Default for ReaderOptions {
             max_value_bytes: DEFAULT_ITEM_SIZE_LIMIT - ITEM_OVERHEAD,
             statement_cache_capacity: 4096,
             inspection_registry: true,
+            publication: Some(DEFAULT_PUBLICATION.to_owned()),
             before_store: None,
         }
     }

@@ -1,50 +1,36 @@
 //! What one statement reads, learned once per statement text (and
-//! namespace) and kept in process: its parameter types (to fingerprint parameters without a round
-//! trip), the base tables of its plan, and its `WHERE` filter.
+//! namespace) and kept in process: its parameter types (to fingerprint
+//! parameters without a round trip), the tables and objects it can read
+//! (`closure.rs`), and its `WHERE` filter where the catalog proves the
+//! filter's name is a plain table.
 //!
-//! The tables come from `EXPLAIN (FORMAT JSON, VERBOSE)` with the actual
-//! parameters (PostgreSQL 15 has no `GENERIC_PLAN`): every plan node with a
-//! `Relation Name` and `Schema`, which covers views (expanded by the
-//! rewriter), joins, subqueries and partitions. Planning with real values can
-//! remove a table from the plan (a constant-false branch, pruned partitions),
-//! and the plan is reused for other values, so a plan showing any sign of
-//! that (`One-Time Filter`, `Subplans Removed`) is not kept and the statement
-//! is read through; every relation the text names directly is added too.
+//! A learned statement is only as current as the catalog it was learned
+//! from: it records the schema version (`KeySpace::schema_version`, bumped by
+//! the invalidator for every DDL) read before learning, and the hit path
+//! drops every learned statement when that version moved (`fill.rs`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cm_keys::{Key, SchemaModel, TableName};
-use postgres_types::{ToSql, Type};
-use serde_json::Value as Json;
+use cm_keys::{Key, SchemaModel};
+use postgres_types::Type;
 use tokio_postgres::Client;
 
+use crate::closure::{self, Dependencies, NotCacheable};
 use crate::error::ReaderError;
-use crate::row::RawValue;
 use crate::sql::{self, Filter, SqlShape};
 
 /// Why a statement's results are never cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Uncacheable {
-    /// The text says so (locking clause, volatile function, unparsable).
+    /// The text says so (locking clause, value of the moment, unparsable).
     Text(&'static str),
-    /// The plan reads a relation the schema model does not cover (a system
-    /// catalog, a table created after discovery, an ignored or unlogged
-    /// table): no invalidation would ever reach the result.
-    UnknownTable(String),
-    /// The plan depends on the parameter values (see the module docs).
-    ValueDependentPlan,
-    /// `EXPLAIN` failed.
-    Explain(String),
-}
-
-/// One base table scan in the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Scan {
-    /// The scanned relation (a partition, not its root).
-    pub(crate) relation: TableName,
-    /// The model's key identity for it (its partition root for a partition).
-    pub(crate) identity: TableName,
+    /// The catalog says so (see [`NotCacheable`]).
+    Catalog(NotCacheable),
+    /// The closure query failed; tried again at the next use.
+    Lookup(String),
+    /// The schema version could not be read; tried again at the next use.
+    NoSchemaVersion,
 }
 
 /// Everything the reader knows about one statement text.
@@ -52,25 +38,29 @@ pub(crate) struct Scan {
 pub(crate) struct StatementInfo {
     /// The parameter types PostgreSQL inferred.
     pub(crate) param_types: Vec<Type>,
-    /// `Ok` with the tables read, or why the statement is read through.
+    /// `Ok` with what it reads, or why the statement is read through.
     pub(crate) reads: Result<Reads, Uncacheable>,
-    /// The generation keys of the tables read, built at the first use
+    /// The schema model it was learned with (key derivation must use the
+    /// same one).
+    pub(crate) model: Arc<SchemaModel>,
+    /// The schema version read before learning.
+    pub(crate) schema_version: Option<u64>,
+    /// The generation keys of everything read, built at the first use
     /// (without extra tables; those are added per call).
     pub(crate) generations: OnceLock<Arc<[Key]>>,
 }
 
-/// The tables a cacheable statement reads.
+/// What a cacheable statement reads.
 #[derive(Debug, Clone)]
 pub(crate) struct Reads {
-    /// Every scan in the plan, in plan order.
-    pub(crate) scans: Vec<Scan>,
-    /// Key identities of every table read, sorted, without duplicates.
-    pub(crate) tables: Vec<TableName>,
-    /// The single-table `WHERE` filter, if the text has one.
+    /// Tables and objects, per the catalog.
+    pub(crate) dependencies: Dependencies,
+    /// The single-table `WHERE` filter, kept only when the catalog proved
+    /// its name is [`Dependencies::sole_table`].
     pub(crate) filter: Option<Filter>,
 }
 
-/// The in-process statement cache, keyed by statement text.
+/// The in-process statement cache, keyed by namespace and statement text.
 #[derive(Debug)]
 pub(crate) struct StatementCache {
     capacity: usize,
@@ -85,176 +75,85 @@ impl StatementCache {
         }
     }
 
-    fn get(&self, sql: &str) -> Option<Arc<StatementInfo>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(sql).cloned()
+    /// The key of a statement: the same text may read other objects under
+    /// another `search_path`, which is what namespaces separate.
+    pub(crate) fn key(namespace: &str, sql: &str) -> String {
+        format!("{}\0{namespace}\0{sql}", namespace.len())
     }
 
-    fn put(&self, sql: &str, info: Arc<StatementInfo>) {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<StatementInfo>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).cloned()
+    }
+
+    fn put(&self, key: String, info: Arc<StatementInfo>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity {
             // Crude but bounded: statements are re-learned on their next use.
             entries.clear();
         }
-        entries.insert(sql.to_owned(), info);
+        entries.insert(key, info);
     }
 
-    /// The statement's info, learning it (prepare + EXPLAIN) on first use.
-    /// `NotASelect` for anything but a read. Kept per namespace and text:
-    /// the same text may read other tables under another `search_path`,
-    /// which is what namespaces separate.
-    pub(crate) async fn info(
+    /// Forgets every learned statement (the schema changed).
+    pub(crate) fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Learns a statement (prepare + the closure query) under `model` and
+    /// `schema_version`, keeping it unless the lookup failed.
+    /// `NotASelect` for anything but a read.
+    pub(crate) async fn learn(
         &self,
         client: &Client,
-        model: &SchemaModel,
-        namespace: &str,
+        model: Arc<SchemaModel>,
+        schema_version: Option<u64>,
+        publication: Option<&str>,
+        key: String,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Arc<StatementInfo>, ReaderError> {
-        let cache_key = format!("{}\0{namespace}\0{sql}", namespace.len());
-        if let Some(info) = self.get(&cache_key) {
-            return Ok(info);
-        }
         let shape = sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
         let statement = client.prepare(sql).await?;
         let param_types = statement.params().to_vec();
-        let reads = match shape {
-            SqlShape::ReadThrough(why) => Err(Uncacheable::Text(why)),
-            SqlShape::Cacheable { filter } => {
-                explain(client, model, sql, params)
-                    .await
-                    .map(|(scans, tables)| Reads {
-                        scans,
-                        tables,
-                        filter,
-                    })
+        let reads = match (shape, schema_version) {
+            (SqlShape::ReadThrough(why), _) => Err(Uncacheable::Text(why)),
+            (SqlShape::Cacheable { .. }, None) => Err(Uncacheable::NoSchemaVersion),
+            (SqlShape::Cacheable { filter, mentions }, Some(_)) => {
+                // The filter names rows of its table only if that table is
+                // the one relation the text mentions, once: a subquery over
+                // the same table reads other rows of it.
+                let single = mentions.relations.len() == 1;
+                match closure::closure(client, &mentions, publication).await {
+                    Err(error) => Err(Uncacheable::Lookup(error.to_string())),
+                    Ok(found) => closure::decide(&model, &found)
+                        .map_err(Uncacheable::Catalog)
+                        .map(|dependencies| Reads {
+                            filter: filter.filter(|_| single && dependencies.sole_table.is_some()),
+                            dependencies,
+                        }),
+                }
             }
         };
+        if let Err(reason) = &reads {
+            tracing::debug!(sql, ?reason, "statement read through");
+        }
         let keep = !matches!(
             reads,
-            Err(Uncacheable::ValueDependentPlan | Uncacheable::Explain(_))
+            Err(Uncacheable::Lookup(_) | Uncacheable::NoSchemaVersion)
         );
         let info = Arc::new(StatementInfo {
             param_types,
             reads,
+            model,
+            schema_version,
             generations: OnceLock::new(),
         });
         if keep {
-            self.put(&cache_key, info.clone());
+            self.put(key, info.clone());
         }
         Ok(info)
-    }
-}
-
-async fn explain(
-    client: &Client,
-    model: &SchemaModel,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<(Vec<Scan>, Vec<TableName>), Uncacheable> {
-    let rows = client
-        .query(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {sql}"), params)
-        .await
-        .map_err(|e| Uncacheable::Explain(e.to_string()))?;
-    let plan: Json = rows
-        .first()
-        .and_then(|row| row.try_get::<_, RawValue>(0).ok())
-        .and_then(|RawValue(bytes)| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| Uncacheable::Explain("EXPLAIN output is not JSON".into()))?;
-    let mut found = Vec::new();
-    let mut value_dependent = false;
-    walk(&plan, &mut found, &mut value_dependent);
-    if value_dependent {
-        return Err(Uncacheable::ValueDependentPlan);
-    }
-    let mut scans = Vec::new();
-    for relation in found {
-        scans.push(Scan {
-            identity: identity(model, &relation)?,
-            relation,
-        });
-    }
-    let mut tables: BTreeSet<TableName> = scans.iter().map(|s| s.identity.clone()).collect();
-    // Relations the text names directly, in case planning removed one.
-    for (schema, name) in sql::relations(sql) {
-        let candidates: Vec<&cm_keys::Table> = model
-            .tables()
-            .filter(|t| t.name.name == name && schema.as_ref().is_none_or(|s| *s == t.name.schema))
-            .collect();
-        if let [table] = candidates.as_slice() {
-            tables.insert(identity(model, &table.name)?);
-        }
-    }
-    Ok((scans, tables.into_iter().collect()))
-}
-
-/// The key identity of a relation the plan reads, or why it cannot be cached.
-fn identity(model: &SchemaModel, relation: &TableName) -> Result<TableName, Uncacheable> {
-    match model.table(relation) {
-        Some(table) if !table.unlogged => Ok(table.key_identity().clone()),
-        _ => Err(Uncacheable::UnknownTable(relation.to_string())),
-    }
-}
-
-fn walk(node: &Json, found: &mut Vec<TableName>, value_dependent: &mut bool) {
-    match node {
-        Json::Object(map) => {
-            if let (Some(Json::String(name)), Some(Json::String(schema))) =
-                (map.get("Relation Name"), map.get("Schema"))
-            {
-                found.push(TableName::new(schema.clone(), name.clone()));
-            }
-            // JSON output always carries "Subplans Removed" on an Append;
-            // only a non-zero count means pruning removed a partition.
-            let removed = map
-                .get("Subplans Removed")
-                .and_then(Json::as_u64)
-                .is_some_and(|n| n > 0);
-            if removed || map.contains_key("One-Time Filter") {
-                *value_dependent = true;
-            }
-            for value in map.values() {
-                walk(value, found, value_dependent);
-            }
-        }
-        Json::Array(items) => {
-            for item in items {
-                walk(item, found, value_dependent);
-            }
-        }
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_walk_finds_relations_and_value_dependence() {
-        let plan: Json = serde_json::from_str(
-            r#"[{"Plan": {"Node Type": "Hash Join", "Plans": [
-                {"Node Type": "Seq Scan", "Relation Name": "book", "Schema": "public"},
-                {"Node Type": "Hash", "Plans": [
-                    {"Node Type": "Index Scan", "Relation Name": "author", "Schema": "s"}]}]}}]"#,
-        )
-        .unwrap();
-        let (mut found, mut dependent) = (Vec::new(), false);
-        walk(&plan, &mut found, &mut dependent);
-        assert_eq!(
-            found,
-            [
-                TableName::new("public", "book"),
-                TableName::new("s", "author")
-            ]
-        );
-        assert!(!dependent);
-        let plan: Json = serde_json::from_str(
-            r#"{"Plan": {"Node Type": "Result", "One-Time Filter": "false"}}"#,
-        )
-        .unwrap();
-        walk(&plan, &mut found, &mut dependent);
-        assert!(dependent);
     }
 }

@@ -14,43 +14,50 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, visit_relations, visit_statements, BinaryOperator, Expr, Ident, ObjectName,
-    SetExpr, Statement, TableFactor, UnaryOperator, Value,
+    visit_statements, BinaryOperator, Expr, Ident, ObjectName, SetExpr, Statement, TableFactor,
+    UnaryOperator, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-/// Functions whose result changes between calls: a statement calling one is
-/// read through, never cached.
-const VOLATILE_FUNCTIONS: &[&str] = &[
-    "now",
-    "random",
-    "nextval",
-    "currval",
-    "lastval",
-    "setval",
-    "clock_timestamp",
-    "statement_timestamp",
-    "transaction_timestamp",
-    "timeofday",
-    "gen_random_uuid",
-    "uuid_generate_v4",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_sleep",
+/// Words that PostgreSQL reads as a value of the moment or of the session
+/// (SQL value functions, parsed without parentheses, that are not calls of
+/// `pg_proc` functions): a statement using one is read through.
+const SESSION_VALUE_WORDS: &[&str] = &[
     "current_timestamp",
-    "current_time",
     "current_date",
+    "current_time",
     "localtime",
     "localtimestamp",
     "current_user",
+    "current_role",
     "session_user",
-    "current_setting",
-    "set_config",
-    "pg_advisory_lock",
-    "pg_try_advisory_lock",
-    "dblink",
+    "user",
+    "current_catalog",
+    "current_schema",
+    "system_user",
 ];
+
+/// Date/time input strings that PostgreSQL turns into the time of the
+/// moment (`'now'::timestamptz`, `date 'today'`): a statement holding one
+/// as a literal is read through, whatever it is compared with.
+const MOMENT_LITERALS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
+
+/// A name as the text writes it: optional schema, name (case-folded
+/// unless quoted).
+pub(crate) type WrittenName = (Option<String>, String);
+
+/// What the statement text names, for the catalog to resolve under the
+/// session's `search_path` (see `closure.rs`): never trusted on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Mentions {
+    /// Every relation name (tables, views, CTE names, table functions).
+    pub(crate) relations: Vec<WrittenName>,
+    /// Every function called, in expressions or in `FROM`.
+    pub(crate) functions: Vec<WrittenName>,
+    /// Every operator symbol used.
+    pub(crate) operators: Vec<String>,
+}
 
 /// A value a filter column is compared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +86,15 @@ pub(crate) struct Filter {
 /// What the statement text tells the reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SqlShape {
-    /// A plain read that may be cached.
+    /// A plain read that may be cached, if the catalog agrees.
     Cacheable {
         /// The `WHERE` filter, when the statement is simple enough.
         filter: Option<Filter>,
+        /// What the text names.
+        mentions: Mentions,
     },
-    /// A read that must not be cached (locking clause, volatile function,
-    /// unparsable text); read through.
+    /// A read that must not be cached (locking clause, `TABLESAMPLE`, a
+    /// value of the moment or session, unparsable text); read through.
     ReadThrough(&'static str),
 }
 
@@ -140,11 +149,14 @@ pub(crate) fn analyse(sql: &str) -> Result<SqlShape, String> {
     if !query.locks.is_empty() {
         return Ok(SqlShape::ReadThrough("locking clause"));
     }
-    if calls_volatile_function(query) {
-        return Ok(SqlShape::ReadThrough("volatile function"));
+    let mut scan = MentionScan::default();
+    let _ = query.visit(&mut scan);
+    if let Some(reason) = scan.read_through {
+        return Ok(SqlShape::ReadThrough(reason));
     }
     Ok(SqlShape::Cacheable {
         filter: filter(query),
+        mentions: scan.mentions,
     })
 }
 
@@ -157,45 +169,101 @@ fn contains_write(body: &SetExpr) -> bool {
     }
 }
 
-fn calls_volatile_function(query: &sqlparser::ast::Query) -> bool {
-    let mut found = false;
-    let _ = visit_expressions(query, |expr| {
-        if let Expr::Function(function) = expr {
-            if let Some(name) = function.name.0.last().and_then(|p| p.as_ident()) {
-                if VOLATILE_FUNCTIONS.contains(&fold(name).as_str()) {
-                    found = true;
-                }
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    // `CURRENT_TIMESTAMP` and friends without parentheses parse as identifiers
-    // or as functions depending on the dialect; the text check catches both.
-    let lower = query.to_string().to_ascii_lowercase();
-    found
-        || [
-            "current_timestamp",
-            "current_date",
-            "current_time",
-            "localtime",
-        ]
-        .iter()
-        .any(|name| lower.contains(name))
+/// Collects the names a query mentions and the constructs that are never
+/// cached whatever the catalog says.
+#[derive(Default)]
+struct MentionScan {
+    mentions: Mentions,
+    read_through: Option<&'static str>,
 }
 
-/// Every relation the statement names, as (schema, name), case-folded.
-pub(crate) fn relations(sql: &str) -> Vec<(Option<String>, String)> {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let _ = visit_relations(&statements, |name| {
-        if let Some(parsed) = object_name(name) {
-            out.push(parsed);
+impl Visitor for MentionScan {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        match object_name(relation) {
+            Some(name) => self.mentions.relations.push(name),
+            None => self.read_through = Some("a relation name with more than two parts"),
         }
-        ControlFlow::<()>::Continue(())
-    });
-    out
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table {
+                sample: Some(_), ..
+            } => {
+                self.read_through = Some("TABLESAMPLE");
+            }
+            // `FROM f(...)`: a set-returning function, also visited as a
+            // relation name (which the catalog will not resolve).
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => self.function(name),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Function(function) => {
+                let word = function.name.0.last().and_then(|p| p.as_ident()).map(fold);
+                if word.is_some_and(|w| SESSION_VALUE_WORDS.contains(&w.as_str())) {
+                    self.read_through = Some("a value of the moment or of the session");
+                }
+                self.function(&function.name);
+            }
+            Expr::Identifier(ident)
+                if ident.quote_style.is_none()
+                    && SESSION_VALUE_WORDS.contains(&ident.value.to_lowercase().as_str()) =>
+            {
+                self.read_through = Some("a value of the moment or of the session");
+            }
+            Expr::BinaryOp { op, .. } => self.operator(op.to_string()),
+            Expr::UnaryOp { op, .. } => self.operator(op.to_string()),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_value(&mut self, value: &Value) -> ControlFlow<()> {
+        if let Value::SingleQuotedString(text) = value {
+            if MOMENT_LITERALS.contains(&text.trim().to_lowercase().as_str()) {
+                self.read_through = Some("a date/time literal meaning the moment ('now', 'today')");
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl MentionScan {
+    fn function(&mut self, name: &ObjectName) {
+        match object_name(name) {
+            Some(name) => self.mentions.functions.push(name),
+            None => self.read_through = Some("a function name with more than two parts"),
+        }
+    }
+
+    /// Operator symbols only: `AND`, `IS`, `LIKE` and the like are syntax.
+    fn operator(&mut self, symbol: String) {
+        let symbol = symbol
+            .trim_start_matches("OPERATOR(")
+            .trim_end_matches(')')
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !symbol.is_empty()
+            && !symbol.chars().any(char::is_alphanumeric)
+            && !self.mentions.operators.contains(&symbol)
+        {
+            self.mentions.operators.push(symbol);
+        }
+    }
 }
 
 fn fold(ident: &Ident) -> String {
@@ -365,7 +433,7 @@ mod tests {
 
     fn cols(sql: &str) -> Option<BTreeMap<String, Vec<Operand>>> {
         match analyse(sql).unwrap() {
-            SqlShape::Cacheable { filter } => filter.map(|f| f.columns),
+            SqlShape::Cacheable { filter, .. } => filter.map(|f| f.columns),
             other => panic!("{other:?}"),
         }
     }
@@ -419,10 +487,6 @@ mod tests {
             analyse("SELECT * FROM book FOR UPDATE"),
             Ok(SqlShape::ReadThrough(_))
         ));
-        assert!(matches!(
-            analyse("SELECT now(), * FROM book"),
-            Ok(SqlShape::ReadThrough(_))
-        ));
     }
 
     #[test]
@@ -432,11 +496,52 @@ mod tests {
         assert_eq!(c["author_id"], vec![Operand::Param(0)]);
     }
 
+    fn mentions(sql: &str) -> Mentions {
+        match analyse(sql).unwrap() {
+            SqlShape::Cacheable { mentions, .. } => mentions,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn relations_include_views_and_subqueries() {
-        let r = relations("SELECT * FROM v JOIN s.t ON true WHERE x IN (SELECT y FROM \"Q\")");
-        assert!(r.contains(&(None, "v".into())));
-        assert!(r.contains(&(Some("s".into()), "t".into())));
-        assert!(r.contains(&(None, "Q".into())));
+    fn mentions_name_relations_functions_and_operators() {
+        let m = mentions(
+            "SELECT lower(t.x), s.f(1) FROM v JOIN s.t ON true, generate_series(1, 2) g \
+             WHERE x IN (SELECT y FROM \"Q\") AND a ~* b AND c @@ d",
+        );
+        assert!(m.relations.contains(&(None, "v".into())));
+        assert!(m.relations.contains(&(Some("s".into()), "t".into())));
+        assert!(m.relations.contains(&(None, "Q".into())));
+        for f in [(None, "lower"), (Some("s"), "f"), (None, "generate_series")] {
+            let f = (f.0.map(str::to_owned), f.1.to_owned());
+            assert!(m.functions.contains(&f), "{f:?} in {m:?}");
+        }
+        assert!(m.operators.contains(&"~*".to_owned()), "{m:?}");
+        assert!(m.operators.contains(&"@@".to_owned()), "{m:?}");
+        assert!(!m.operators.iter().any(|o| o.contains("AND")), "{m:?}");
+    }
+
+    #[test]
+    fn values_of_the_moment_and_sampling_are_read_through() {
+        for sql in [
+            "SELECT * FROM book WHERE created > 'now'::timestamptz",
+            "SELECT * FROM book WHERE d = date ' Today'",
+            "SELECT current_user, * FROM book",
+            "SELECT * FROM book WHERE owner = CURRENT_USER",
+            "SELECT current_timestamp",
+            "SELECT * FROM book WHERE d < CURRENT_DATE",
+            "SELECT * FROM book TABLESAMPLE SYSTEM (10)",
+        ] {
+            assert!(
+                matches!(analyse(sql), Ok(SqlShape::ReadThrough(_))),
+                "{sql}: {:?}",
+                analyse(sql)
+            );
+        }
+        // A column that happens to be called like a keyword, quoted, is fine.
+        assert!(matches!(
+            analyse("SELECT \"user\" FROM book WHERE title = 'nowhere'"),
+            Ok(SqlShape::Cacheable { .. })
+        ));
     }
 }

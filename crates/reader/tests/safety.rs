@@ -45,7 +45,10 @@ async fn a_stopped_memcached_makes_reads_bypass_never_fail() {
         SCHEMA,
         MAPPING,
         Some(server.addr()),
-        ReaderOptions::default(),
+        ReaderOptions {
+            publication: Some("cm_pub".into()),
+            ..ReaderOptions::default()
+        },
     )
     .await;
     h.client.query(BY_AUTHOR, &[&1i32]).await.unwrap();

@@ -81,6 +81,11 @@ impl Harness {
         memcached_addr: Option<String>,
         options: ReaderOptions,
     ) -> Harness {
+        // The slot below streams `cm_pub`.
+        let options = ReaderOptions {
+            publication: Some("cm_pub".into()),
+            ..options
+        };
         let (pg, memcached) = tokio::task::spawn_blocking(|| {
             (
                 TestPostgres::start().unwrap(),

@@ -35,7 +35,10 @@ async fn caching_client(b: &Bench) -> Result<CachingClient<Client>> {
         b.space.clone(),
         Arc::clone(&b.store),
         &SchemaConfig::default(),
-        ReaderOptions::default(),
+        ReaderOptions {
+            publication: Some(b.publication.clone()),
+            ..ReaderOptions::default()
+        },
     )
     .await?;
     Ok(CachingClient::new(client, Arc::new(cache)))
