@@ -146,7 +146,7 @@ impl QueryCache {
         sql: &str,
     ) -> Result<Arc<StatementInfo>, ReaderError> {
         let key = StatementCache::key(namespace, sql);
-        if let Some(info) = self.statements.get(&key) {
+        if let Some(info) = self.statements.get(&key).filter(|info| !info.expired()) {
             return Ok(info);
         }
         // Read before learning: DDL committed after this read bumps the

@@ -196,7 +196,10 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<i64, ReaderError> {
         // Refuse writes before wrapping: the wrapper would hide them.
-        crate::sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
+        if let Err(reason) = crate::sql::analyse(sql) {
+            let client: &Client = self.client.client.borrow();
+            return Err(crate::plan::not_a_read(client, sql, reason).await);
+        }
         let inner = sql.trim().trim_end_matches(';');
         // The newline ends a trailing `--` comment before the parenthesis.
         let wrapped = format!("SELECT count(*) FROM ({inner}\n) AS cm_count");
@@ -246,7 +249,9 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         let client: &Client = self.client.client.borrow();
         let cache = &self.client.cache;
         let info = if self.options.no_cache {
-            crate::sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
+            if let Err(reason) = crate::sql::analyse(sql) {
+                return Err(crate::plan::not_a_read(client, sql, reason).await);
+            }
             None
         } else {
             let info = cache

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cm_keys::{Key, SchemaModel};
 use postgres_types::Type;
@@ -19,6 +20,19 @@ use tokio_postgres::Client;
 use crate::closure::{self, Dependencies, NotCacheable};
 use crate::error::ReaderError;
 use crate::sql::{self, Filter, SqlShape};
+
+/// The error for a text that is not one read: the database's own syntax
+/// error when the text does not parse (`SELEC id` gets PostgreSQL's
+/// "syntax error at or near", from a prepare, which executes nothing), else
+/// [`ReaderError::NotASelect`].
+pub(crate) async fn not_a_read(client: &Client, sql: &str, reason: String) -> ReaderError {
+    if reason.starts_with(sql::NOT_UNDERSTOOD) {
+        if let Err(error) = client.prepare(sql).await {
+            return error.into();
+        }
+    }
+    ReaderError::NotASelect { reason }
+}
 
 /// Why a statement's results are never cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +62,22 @@ pub(crate) struct StatementInfo {
     /// The generation keys of everything read, built at the first use
     /// (without extra tables; those are added per call).
     pub(crate) generations: OnceLock<Arc<[Key]>>,
+    /// When it was learned.
+    pub(crate) learned_at: Instant,
+}
+
+/// How long a statement the catalog made uncacheable stays so without a
+/// look at the catalog: it is read through, so no lookup ever sees the
+/// schema version move (a table added to the publication, a function made
+/// STABLE, a partition created after the model was read).
+const CATALOG_VERDICT_LIFETIME: Duration = Duration::from_secs(30);
+
+impl StatementInfo {
+    /// Whether it must be learned again before use.
+    pub(crate) fn expired(&self) -> bool {
+        matches!(self.reads, Err(Uncacheable::Catalog(_)))
+            && self.learned_at.elapsed() > CATALOG_VERDICT_LIFETIME
+    }
 }
 
 /// What a cacheable statement reads.
@@ -115,7 +145,10 @@ impl StatementCache {
         key: String,
         sql: &str,
     ) -> Result<Arc<StatementInfo>, ReaderError> {
-        let shape = sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
+        let shape = match sql::analyse(sql) {
+            Ok(shape) => shape,
+            Err(reason) => return Err(not_a_read(client, sql, reason).await),
+        };
         let statement = client.prepare(sql).await?;
         let param_types = statement.params().to_vec();
         let reads = match (shape, schema_version) {
@@ -150,6 +183,7 @@ impl StatementCache {
             model,
             schema_version,
             generations: OnceLock::new(),
+            learned_at: Instant::now(),
         });
         if keep {
             self.put(key, info.clone());

@@ -43,6 +43,9 @@ const SESSION_VALUE_WORDS: &[&str] = &[
 /// as a literal is read through, whatever it is compared with.
 const MOMENT_LITERALS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
 
+/// How [`analyse`] starts the reason for a text it cannot parse.
+pub(crate) const NOT_UNDERSTOOD: &str = "statement text not understood";
+
 /// A name as the text writes it: optional schema, name (case-folded
 /// unless quoted).
 pub(crate) type WrittenName = (Option<String>, String);
@@ -111,7 +114,7 @@ pub(crate) fn analyse(sql: &str) -> Result<SqlShape, String> {
             return if first == "select" {
                 Ok(SqlShape::ReadThrough("statement text not understood"))
             } else {
-                Err("statement text not understood and not starting with SELECT".into())
+                Err(format!("{NOT_UNDERSTOOD} and not starting with SELECT"))
             };
         }
     };

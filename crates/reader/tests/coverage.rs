@@ -246,3 +246,16 @@ async fn a_fill_inside_a_transaction_begun_as_sql_is_never_stored() {
     // Outside a block, fills are stored again.
     assert_eq!(other.metrics().stores, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_statement_gets_the_database_syntax_error() {
+    let h = common::Harness::start().await;
+    let error = h.client.query("SELEC id FROM book", &[]).await.unwrap_err();
+    let cm_reader::ReaderError::Database(error) = error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR)
+    );
+}
