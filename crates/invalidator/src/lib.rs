@@ -15,6 +15,7 @@ pub mod assemble;
 pub mod changes;
 pub mod check;
 pub mod config;
+pub mod ddl_trigger;
 pub mod heartbeat;
 pub mod identity;
 pub mod inspect;
