@@ -172,6 +172,27 @@ async fn a_malformed_ddl_message_bumps_the_epoch() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_replayed_after_a_crash_meets_a_newer_catalog_and_bumps_the_epoch() {
+    let h = started().await;
+    let mut crashing = h.spawn_worker(true);
+    h.wait_applied().await;
+    let epoch = h.generation(&h.space.epoch()).await;
+    // Applied, then the worker dies before acknowledging it.
+    h.psql("ALTER TABLE book RENAME COLUMN title TO headline;");
+    assert!(!crashing
+        .wait_exit(std::time::Duration::from_secs(30))
+        .success());
+    let book = h.generation(&h.table_generation("book")).await;
+
+    // The restarted worker reads the catalog after the rename: it cannot
+    // tell what the DDL changed any more, so it flushes everything.
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    assert_ne!(h.generation(&h.space.epoch()).await, epoch);
+    assert_ne!(h.generation(&h.table_generation("book")).await, book);
+}
+
 fn public(table: &str) -> TableName {
     TableName::new("public", table)
 }
