@@ -130,7 +130,7 @@ impl EmbeddedCache {
             config,
             space.clone(),
             Arc::clone(&shared),
-            (*model).clone(),
+            options.schema.clone(),
             Arc::new(Metrics::new()?),
         );
         let (stop, stop_rx) = watch::channel(false);

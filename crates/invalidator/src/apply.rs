@@ -2,8 +2,9 @@
 //!
 //! 1. read the flush lists (members and CAS), without clearing them;
 //! 2. delete every member (NOT_FOUND is fine);
-//! 3. bump the generations;
-//! 4. clear each list only if it is unchanged since the read.
+//! 3. clear each list only if it is unchanged since the read;
+//! 4. bump the generations, then the ones that must follow them (the
+//!    schema version after a DDL's generations).
 //!
 //! If the worker dies anywhere in between, the transaction was not
 //! acknowledged, PostgreSQL sends it again, and the lists still hold every
@@ -75,7 +76,9 @@ pub async fn apply_once(
             .map(|((key, _), _)| *key)
             .collect();
     }
-    for generation in txn.generations() {
+    // Sequential: a reader that sees a later key moved must see the
+    // earlier ones moved too.
+    for generation in txn.generations().iter().chain(txn.after_generations()) {
         store.bump_generation(generation.as_str()).await?;
         applied.bumped += 1;
     }

@@ -45,12 +45,19 @@ pub async fn store(config: &InvalidatorConfig) -> Result<Arc<dyn CacheStore>, St
     Ok(Arc::new(MemcachedStore::connect(memcached).await?))
 }
 
+/// The `[schema]` mapping of the configuration.
+pub fn schema_mapping(figment: &Figment) -> Result<SchemaConfig, StartError> {
+    Ok(SchemaConfig::from_figment(
+        &figment.clone().focus("schema"),
+    )?)
+}
+
 /// The schema model: the catalog as it is now, adjusted by `[schema]`.
 pub async fn schema_model(
     config: &InvalidatorConfig,
     figment: &Figment,
 ) -> Result<SchemaModel, StartError> {
-    let mapping = SchemaConfig::from_figment(&figment.clone().focus("schema"))?;
+    let mapping = schema_mapping(figment)?;
     let (client, connection) = tokio_postgres::connect(&config.postgres.url, NoTls).await?;
     let connection = tokio::spawn(connection);
     let discovered = discover(&client).await?;
@@ -66,7 +73,10 @@ pub async fn start(
 ) -> Result<(Worker, Arc<Metrics>), StartError> {
     let space = KeySpace::new(config.cache.prefix.clone())?;
     let store = store(&config).await?;
-    let model = schema_model(&config, figment).await?;
+    // Built once here only to report a mapping error before anything starts;
+    // the worker reads its own catalog when it streams.
+    schema_model(&config, figment).await?;
+    let mapping = schema_mapping(figment)?;
     let metrics = Arc::new(Metrics::new()?);
     tokio::spawn(emit_forever(
         config.postgres.url.clone(),
@@ -90,6 +100,6 @@ pub async fn start(
             }
         });
     }
-    let worker = Worker::new(config, space, store, model, Arc::clone(&metrics));
+    let worker = Worker::new(config, space, store, mapping, Arc::clone(&metrics));
     Ok((worker, metrics))
 }

@@ -3,21 +3,28 @@
 //! a table-wide generation bump is safe.
 //!
 //! Tables are looked up by the relation OID they had at discovery, then by
-//! name (a table re-created since has a new OID). A table the model does not
-//! know (created after start) is invalidated as a whole on every change:
+//! name (a table re-created since has a new OID). A change also reaches
+//! every `pg_inherits` ancestor of its table (a reader of a parent reads
+//! its children's rows): their "any change" lists are flushed, and their
+//! generations bumped wherever the table's is. A table the model does not
+//! know (a partition created after start) makes the worker re-read the
+//! catalog once per relation and session ([`ChangeMapper::wants_catalog_for`]);
+//! if it is still unknown it is invalidated as a whole on every change:
 //! never skipped. Relation messages are kept per connection, keyed by OID
 //! (research rule 0.14); one that differs from the previous for the same OID
 //! (columns, types, replica identity) is a schema change and bumps the
 //! table's generation (research 4.3).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cm_keys::{
     derive_row_keys, images_from_pgoutput, ChangeKind, Key, KeySpace, SchemaModel, Table,
     TableKeys, TableName,
 };
-use cm_pgoutput::{LogicalMessage, Oid, Relation};
+use cm_pgoutput::{LogicalMessage, Lsn, Oid, Relation};
 
+use crate::catalog::Catalog;
+use crate::ddl::DdlPlan;
 use crate::txn::TxnInvalidations;
 
 /// A change that breaks the stream's own rules.
@@ -38,14 +45,54 @@ enum Resolved<'a> {
     Unknown,
 }
 
+/// The table-level keys a relation's changes reach: its table's (the
+/// partition root's for a partition) and each ancestor's.
+struct RelationKeys {
+    own: TableKeys,
+    ancestors: Vec<TableKeys>,
+}
+
+impl RelationKeys {
+    fn new(space: &KeySpace, model: &SchemaModel, table: &Table) -> RelationKeys {
+        let identity = table.key_identity();
+        let mut names: Vec<TableName> = Vec::new();
+        for ancestor in model.ancestors(&table.name) {
+            // An intermediate partitioned table's keys are its root's.
+            let name = model
+                .table(&ancestor)
+                .map_or(ancestor.clone(), |t| t.key_identity().clone());
+            if name != *identity && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        RelationKeys {
+            own: TableKeys::new(space, table),
+            ancestors: names.iter().map(|n| table_keys(space, n)).collect(),
+        }
+    }
+}
+
+fn table_keys(space: &KeySpace, name: &TableName) -> TableKeys {
+    TableKeys {
+        table_changes: space.table_changes(name),
+        table_generation: space.table_generation(name),
+    }
+}
+
 /// Maps messages of one replication session to invalidations.
 pub struct ChangeMapper {
     space: KeySpace,
-    model: SchemaModel,
+    catalog: Catalog,
+    /// The catalog must be read before the next change is mapped (a new
+    /// worker, or a read that failed).
+    catalog_stale: bool,
+    /// Relations the catalog was re-read for this session because the model
+    /// did not know them: at most once each.
+    refreshed_for: HashSet<Oid>,
     relations: HashMap<Oid, Relation>,
-    /// The table-level keys of each relation's table, built at its first
-    /// change (dropped with its Relation message).
-    table_keys: HashMap<Oid, TableKeys>,
+    /// The table-level keys of each relation, built at its first change
+    /// (dropped with its Relation message or a new catalog).
+    table_keys: HashMap<Oid, RelationKeys>,
     /// Row keys of the change being mapped (reused).
     row_keys: Vec<Key>,
     /// Bumps for schema changes seen outside a transaction (pgoutput sends
@@ -54,11 +101,14 @@ pub struct ChangeMapper {
 }
 
 impl ChangeMapper {
-    /// A mapper for a fresh session (no Relation messages seen yet).
-    pub fn new(space: KeySpace, model: SchemaModel) -> ChangeMapper {
+    /// A mapper for a fresh session (no Relation messages seen yet), whose
+    /// catalog is still to be read ([`Self::needs_catalog`]).
+    pub fn new(space: KeySpace) -> ChangeMapper {
         ChangeMapper {
             space,
-            model,
+            catalog: Catalog::default(),
+            catalog_stale: true,
+            refreshed_for: HashSet::new(),
             relations: HashMap::new(),
             table_keys: HashMap::new(),
             row_keys: Vec::new(),
@@ -71,6 +121,62 @@ impl ChangeMapper {
     pub fn reset_session(&mut self) {
         self.relations.clear();
         self.table_keys.clear();
+        self.refreshed_for.clear();
+    }
+
+    /// Whether the catalog must be read before mapping anything.
+    pub fn needs_catalog(&self) -> bool {
+        self.catalog_stale
+    }
+
+    /// Requires a catalog read before the next change is mapped.
+    pub fn mark_catalog_stale(&mut self) {
+        self.catalog_stale = true;
+    }
+
+    /// Maps later changes with `catalog`.
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
+        self.catalog_stale = false;
+        self.table_keys.clear();
+    }
+
+    /// The catalog changes are mapped with.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Whether `message` is a change of a relation the model does not know
+    /// and the catalog was not yet re-read for this session: then the
+    /// caller re-reads it before mapping (a partition created after the
+    /// catalog was read belongs to its root).
+    pub fn wants_catalog_for(&mut self, message: &LogicalMessage) -> bool {
+        let rel_ids = match message {
+            LogicalMessage::Insert(m) => std::slice::from_ref(&m.rel_id),
+            LogicalMessage::Update(m) => std::slice::from_ref(&m.rel_id),
+            LogicalMessage::Delete(m) => std::slice::from_ref(&m.rel_id),
+            LogicalMessage::Truncate(m) => m.rel_ids.as_slice(),
+            _ => &[],
+        };
+        let mut wants = false;
+        for rel_id in rel_ids {
+            let unknown = self
+                .relations
+                .get(rel_id)
+                .is_some_and(|r| matches!(resolve(&self.catalog.model, r), Resolved::Unknown));
+            if unknown && self.refreshed_for.insert(*rel_id) {
+                wants = true;
+            }
+        }
+        wants
+    }
+
+    /// Adds what the DDL message at `lsn` invalidates to `txn` and returns
+    /// the plan (for the log: epoch reasons, a malformed message).
+    pub fn ddl(&self, lsn: Lsn, content: &[u8], txn: &mut TxnInvalidations) -> DdlPlan {
+        let plan = DdlPlan::for_message(lsn, content, &self.catalog);
+        plan.add_to(&self.space, txn);
+        plan
     }
 
     /// Records a Relation message; a changed layout bumps the table.
@@ -80,10 +186,10 @@ impl ChangeMapper {
             .get(&relation.rel_id)
             .is_some_and(|previous| layout_differs(previous, &relation));
         if changed {
-            let key = self.generation_key(&relation);
+            let keys = self.generation_keys(&relation);
             match txn {
-                Some(txn) => txn.bump_table(key),
-                None => self.pending_bumps.push(key),
+                Some(txn) => keys.into_iter().for_each(|key| txn.bump_table(key)),
+                None => self.pending_bumps.extend(keys),
             }
             tracing::info!(
                 table = %qualified(&relation),
@@ -112,8 +218,8 @@ impl ChangeMapper {
             LogicalMessage::Truncate(m) => {
                 for rel_id in &m.rel_ids {
                     let relation = self.relation_of(*rel_id)?;
-                    if !matches!(self.resolve(relation), Resolved::Ignored) {
-                        txn.bump_table(self.generation_key(relation));
+                    for key in self.generation_keys(relation) {
+                        txn.bump_table(key);
                     }
                 }
                 return Ok(());
@@ -124,11 +230,11 @@ impl ChangeMapper {
             .relations
             .get(&rel_id)
             .ok_or(ChangeError::UnknownRelation(rel_id))?;
-        let table = match resolve(&self.model, relation) {
+        let table = match resolve(&self.catalog.model, relation) {
             Resolved::Known(table) => table,
             Resolved::Ignored => return Ok(()),
             Resolved::Unknown => {
-                txn.bump_table(self.generation_key(relation));
+                txn.bump_table(self.space.table_generation(&table_name(relation)));
                 return Ok(());
             }
         };
@@ -142,18 +248,23 @@ impl ChangeMapper {
                     images.new.as_ref(),
                     &mut self.row_keys,
                 );
-                let space = &self.space;
-                let table_keys = self
+                let (space, model) = (&self.space, &self.catalog.model);
+                let keys = self
                     .table_keys
                     .entry(rel_id)
-                    .or_insert_with(|| TableKeys::new(space, table));
-                txn.add_row(table_keys, bump, self.row_keys.drain(..));
+                    .or_insert_with(|| RelationKeys::new(space, model, table));
+                txn.add_row(&keys.own, bump, self.row_keys.drain(..));
+                for ancestor in &keys.ancestors {
+                    txn.add_related_table(ancestor, bump);
+                }
             }
             Err(error) => {
                 // A value that does not parse cannot feed a key: invalidate
                 // the whole table rather than guess.
                 tracing::warn!(table = %qualified(relation), %error, "row image unusable: table generation bumped");
-                txn.bump_table(self.generation_key(relation));
+                for key in self.generation_keys(relation) {
+                    txn.bump_table(key);
+                }
             }
         }
         Ok(())
@@ -165,18 +276,21 @@ impl ChangeMapper {
             .ok_or(ChangeError::UnknownRelation(rel_id))
     }
 
-    fn resolve(&self, relation: &Relation) -> Resolved<'_> {
-        resolve(&self.model, relation)
-    }
-
-    /// The generation key readers snapshot for this relation's table (the
-    /// partition root's for a partition).
-    fn generation_key(&self, relation: &Relation) -> cm_keys::Key {
-        match self.resolve(relation) {
-            Resolved::Known(table) => self.space.table_generation(table.key_identity()),
-            Resolved::Ignored | Resolved::Unknown => {
-                self.space.table_generation(&table_name(relation))
+    /// The generation keys readers snapshot for this relation's rows: its
+    /// table's (the partition root's for a partition) and its ancestors';
+    /// none for an ignored table, its own name's for an unknown one.
+    fn generation_keys(&self, relation: &Relation) -> Vec<Key> {
+        let model = &self.catalog.model;
+        match resolve(model, relation) {
+            Resolved::Known(table) => {
+                let keys = RelationKeys::new(&self.space, model, table);
+                std::iter::once(keys.own)
+                    .chain(keys.ancestors)
+                    .map(|k| k.table_generation)
+                    .collect()
             }
+            Resolved::Ignored => Vec::new(),
+            Resolved::Unknown => vec![self.space.table_generation(&table_name(relation))],
         }
     }
 }

@@ -11,6 +11,7 @@ use cm_keys::{KeySpace, SchemaModel, TableName};
 use cm_store::CacheStore;
 
 use crate::config::InvalidatorConfig;
+use crate::ddl_trigger::trigger_state;
 use crate::identity::{verdicts, IdentityVerdict, Verdict};
 
 /// How bad a finding is.
@@ -62,6 +63,7 @@ pub async fn database_findings(
             format!("{wal_level}: set wal_level = logical and restart PostgreSQL"),
         )
     });
+    out.push(ddl_trigger_finding(client).await?);
     out.extend(publication_findings(client, &config.postgres.publication).await?);
     out.extend(slot_findings(client, config).await?);
     for verdict in verdicts(client, Some(&config.postgres.publication)).await? {
@@ -98,6 +100,20 @@ fn identity_finding(verdict: &IdentityVerdict, model: Option<&SchemaModel>) -> F
             needing.join(", ")
         ),
     )
+}
+
+/// Whether DDL reaches the worker: both event triggers installed, enabled
+/// and of the expected version.
+async fn ddl_trigger_finding(client: &Client) -> Result<Finding, tokio_postgres::Error> {
+    let state = trigger_state(client).await?;
+    Ok(match state.problem() {
+        None => finding(
+            Status::Ok,
+            "ddl event triggers",
+            "installed and enabled: DDL invalidates through the WAL",
+        ),
+        Some(problem) => finding(Status::Problem, "ddl event triggers", problem),
+    })
 }
 
 /// Whether the cache answers: one read of the heartbeat key.

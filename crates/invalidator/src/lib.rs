@@ -12,9 +12,12 @@
 
 pub mod apply;
 pub mod assemble;
+pub mod catalog;
 pub mod changes;
 pub mod check;
 pub mod config;
+pub mod ddl;
+pub mod ddl_trigger;
 pub mod heartbeat;
 pub mod identity;
 pub mod inspect;

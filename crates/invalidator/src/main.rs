@@ -145,7 +145,7 @@ async fn run_setup(config: &InvalidatorConfig, dry_run: bool) -> Result<ExitCode
     let client = connect(config).await?;
     let steps = setup::plan(&client, config).await?;
     if steps.is_empty() {
-        println!("nothing to do: publication and slot exist");
+        println!("nothing to do: DDL triggers, publication and slot exist");
         return Ok(ExitCode::SUCCESS);
     }
     for step in &steps {

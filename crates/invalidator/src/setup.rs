@@ -1,5 +1,6 @@
-//! `setup`: creates what streaming needs, in the only safe order: the
-//! publication first, then the slot (research rule 0.1: a slot created
+//! `setup`: creates what streaming needs, in the only safe order: the DDL
+//! event triggers (so DDL is noted in the WAL before any slot decodes it;
+//! see `docs/ddl.md`), the publication, then the slot (a slot created
 //! before its publication fails for good on PG <= 17, and silently skips
 //! changes on PG18). The cache flush that must follow a new slot is done by
 //! `run`, which bumps the epoch whenever the slot is not the one it last
@@ -10,11 +11,20 @@ use cm_replication::{ReplicationConfig, ReplicationConnection, SlotName};
 use tokio_postgres::Client;
 
 use crate::config::InvalidatorConfig;
+use crate::ddl_trigger::{trigger_state, TriggerState, INSTALL_SQL};
 use crate::identity::verdicts;
+
+/// SQLSTATE `insufficient_privilege`.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// One change `setup` makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetupStep {
+    /// Install (or update, or re-enable) the DDL event triggers.
+    InstallDdlTriggers {
+        /// Why: the state found.
+        state: TriggerState,
+    },
     /// Run this CREATE PUBLICATION statement.
     CreatePublication {
         /// The statement.
@@ -30,6 +40,12 @@ pub enum SetupStep {
 impl std::fmt::Display for SetupStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SetupStep::InstallDdlTriggers { state } => {
+                write!(
+                    f,
+                    "-- DDL event triggers ({state:?}), as one transaction:\n{INSTALL_SQL}"
+                )
+            }
             SetupStep::CreatePublication { sql } => write!(f, "{sql}"),
             SetupStep::CreateSlot { slot } => {
                 write!(f, "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput")
@@ -53,6 +69,12 @@ pub enum SetupError {
          to publish in postgres.publish_tables: {0}"
     )]
     BrokenIdentity(String),
+    /// The role may not create the DDL event triggers.
+    #[error(
+        "creating the DDL event triggers needs superuser (PostgreSQL 15 lets only superusers \
+         CREATE EVENT TRIGGER); run `cm-invalidator setup` once as a superuser: {0}"
+    )]
+    DdlTriggerPrivilege(String),
     /// A configured table name is not `schema.table`.
     #[error("postgres.publish_tables: {0:?} is not schema.table")]
     BadTableName(String),
@@ -74,6 +96,10 @@ pub async fn plan(
         return Err(SetupError::WalLevel(wal_level));
     }
     let mut steps = Vec::new();
+    let state = trigger_state(client).await?;
+    if state != TriggerState::Installed {
+        steps.push(SetupStep::InstallDdlTriggers { state });
+    }
     let publication = &config.postgres.publication;
     if !publication_exists(client, publication).await? {
         steps.push(SetupStep::CreatePublication {
@@ -144,6 +170,7 @@ pub async fn apply(
 ) -> Result<(), SetupError> {
     for step in steps {
         match step {
+            SetupStep::InstallDdlTriggers { .. } => install_ddl_triggers(client).await?,
             SetupStep::CreatePublication { sql } => client.batch_execute(sql).await?,
             SetupStep::CreateSlot { slot } => {
                 let replication = ReplicationConfig::parse(&config.postgres.url)?;
@@ -154,4 +181,18 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+/// Runs the trigger script in one transaction (a simple-query batch is one
+/// implicit transaction), naming the privilege when it is missing.
+async fn install_ddl_triggers(client: &Client) -> Result<(), SetupError> {
+    client
+        .batch_execute(INSTALL_SQL)
+        .await
+        .map_err(|error| match error.as_db_error() {
+            Some(db) if db.code().code() == INSUFFICIENT_PRIVILEGE => {
+                SetupError::DdlTriggerPrivilege(db.message().to_owned())
+            }
+            _ => SetupError::Sql(error),
+        })
 }

@@ -15,6 +15,9 @@ pub struct TxnInvalidations {
     flush_lists: BTreeSet<Key>,
     generations: BTreeSet<Key>,
     touched_tables: BTreeSet<Key>,
+    /// Generations bumped only after every key of `generations` (the
+    /// schema version, which readers re-learn on).
+    after_generations: BTreeSet<Key>,
     coarsened: bool,
     changes: u64,
 }
@@ -56,16 +59,33 @@ impl TxnInvalidations {
         row_keys: impl IntoIterator<Item = Key>,
     ) {
         self.changes += 1;
+        self.touch_table(table, bump);
+        if !self.coarsened {
+            self.flush_lists.extend(row_keys);
+            self.coarsen_past_budget();
+        }
+    }
+
+    /// Adds a table a row change also reaches without being a row of it
+    /// (an inheritance ancestor: a reader of the parent reads the child's
+    /// rows): its "any change" list, and its generation when `bump`.
+    pub fn add_related_table(&mut self, table: &TableKeys, bump: bool) {
+        self.touch_table(table, bump);
+        self.coarsen_past_budget();
+    }
+
+    fn touch_table(&mut self, table: &TableKeys, bump: bool) {
         if bump || self.coarsened {
             insert_cloned(&mut self.generations, &table.table_generation);
         }
         insert_cloned(&mut self.touched_tables, &table.table_generation);
-        if self.coarsened {
-            return;
+        if !self.coarsened {
+            insert_cloned(&mut self.flush_lists, &table.table_changes);
         }
-        insert_cloned(&mut self.flush_lists, &table.table_changes);
-        self.flush_lists.extend(row_keys);
-        if self.flush_lists.len() > self.budget {
+    }
+
+    fn coarsen_past_budget(&mut self) {
+        if !self.coarsened && self.flush_lists.len() > self.budget {
             // Past the budget: every table touched so far (and from now on)
             // is invalidated as a whole instead.
             self.coarsened = true;
@@ -80,6 +100,25 @@ impl TxnInvalidations {
         self.changes += 1;
         self.touched_tables.insert(table_generation.clone());
         self.generations.insert(table_generation);
+    }
+
+    /// Bumps `key` after every generation of the transaction (and of its
+    /// commit group): the schema version, bumped once the DDL's generations
+    /// are, so a reader that sees it move also sees them moved.
+    pub fn bump_after_generations(&mut self, key: Key) {
+        self.changes += 1;
+        self.after_generations.insert(key);
+    }
+
+    /// Keys bumped after [`Self::generations`].
+    pub fn after_generations(&self) -> &BTreeSet<Key> {
+        &self.after_generations
+    }
+
+    /// The transaction changed the schema (a DDL message): the worker
+    /// re-reads the catalog before mapping later changes.
+    pub fn changes_schema(&self) -> bool {
+        !self.after_generations.is_empty()
     }
 
     /// Flush lists whose members must be deleted.
@@ -104,7 +143,9 @@ impl TxnInvalidations {
 
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.flush_lists.is_empty() && self.generations.is_empty()
+        self.flush_lists.is_empty()
+            && self.generations.is_empty()
+            && self.after_generations.is_empty()
     }
 
     /// Adds everything `other` invalidates (keys are moved, not copied).
@@ -114,6 +155,7 @@ impl TxnInvalidations {
         union(&mut self.flush_lists, other.flush_lists);
         union(&mut self.generations, other.generations);
         union(&mut self.touched_tables, other.touched_tables);
+        union(&mut self.after_generations, other.after_generations);
         self.coarsened |= other.coarsened;
         self.changes += other.changes;
     }
@@ -163,7 +205,9 @@ impl CommitGroup {
 
     /// Flush-list and generation keys in the union.
     pub fn keys(&self) -> usize {
-        self.invalidations.flush_lists().len() + self.invalidations.generations().len()
+        self.invalidations.flush_lists().len()
+            + self.invalidations.generations().len()
+            + self.invalidations.after_generations().len()
     }
 
     /// No transaction yet.
@@ -290,5 +334,23 @@ mod tests {
         txn.add(inv);
         assert_eq!(txn.generations().len(), 1);
         assert_eq!(txn.flush_lists().len(), 2);
+    }
+
+    #[test]
+    fn an_ancestor_gets_its_change_list_and_follows_the_row_s_bump() {
+        let space = KeySpace::new("t").unwrap();
+        let parent = TableName::new("public", "animal");
+        let parent_keys = TableKeys {
+            table_changes: space.table_changes(&parent),
+            table_generation: space.table_generation(&parent),
+        };
+        let mut txn = TxnInvalidations::new(10);
+        txn.add(invalidation(&space, "dog", 1));
+        txn.add_related_table(&parent_keys, false);
+        assert!(txn.flush_lists().contains(&parent_keys.table_changes));
+        assert!(txn.generations().is_empty());
+        txn.add_related_table(&parent_keys, true);
+        assert!(txn.generations().contains(&parent_keys.table_generation));
+        assert_eq!(txn.changes(), 1, "the ancestor is no change of its own");
     }
 }

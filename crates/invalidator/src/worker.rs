@@ -18,8 +18,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cm_keys::{Heartbeat, KeySpace, SchemaModel, WorkerState};
-use cm_pgoutput::{LogicalMessage, PgTimestamp};
+use cm_keys::{Heartbeat, KeySpace, SchemaConfig, WorkerState};
+use cm_pgoutput::{LogicalMessage, Message, PgTimestamp};
 use cm_replication::inspect::slot_info;
 use cm_replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
@@ -30,8 +30,10 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::apply::{apply_once, Applied, Backoff};
+use crate::catalog::{CatalogReadError, CatalogReader};
 use crate::changes::{ChangeError, ChangeMapper};
 use crate::config::InvalidatorConfig;
+use crate::ddl::DDL_MESSAGE_PREFIX;
 use crate::heartbeat::{heartbeat_for, message_prefix};
 use crate::metrics::Metrics;
 use crate::pipeline::{ApplyFuture, Pipeline};
@@ -58,6 +60,9 @@ pub enum WorkerError {
     /// An acknowledgement was refused.
     #[error(transparent)]
     Ack(#[from] cm_replication::AckError),
+    /// The catalog could not be read, or the mapping no longer fits it.
+    #[error(transparent)]
+    Catalog(#[from] CatalogReadError),
 }
 
 impl WorkerError {
@@ -72,7 +77,7 @@ impl WorkerError {
                     | ReplicationError::Config(_)
                     | ReplicationError::Auth(_)
             )
-        )
+        ) || matches!(self, WorkerError::Catalog(error) if error.is_fatal())
     }
 }
 
@@ -81,7 +86,8 @@ pub struct Worker {
     config: InvalidatorConfig,
     space: KeySpace,
     store: Arc<dyn CacheStore>,
-    model: SchemaModel,
+    /// The `[schema]` mapping the model is rebuilt with after DDL.
+    mapping: SchemaConfig,
     metrics: Arc<Metrics>,
     crash_after_apply: bool,
 }
@@ -96,19 +102,21 @@ enum SessionEnd {
 }
 
 impl Worker {
-    /// A worker over a loaded schema model and a connected store.
+    /// A worker over a connected store. It reads the catalog (and builds
+    /// the schema model with `mapping`) when it starts streaming, and again
+    /// after every DDL and for relations the model does not know.
     pub fn new(
         config: InvalidatorConfig,
         space: KeySpace,
         store: Arc<dyn CacheStore>,
-        model: SchemaModel,
+        mapping: SchemaConfig,
         metrics: Arc<Metrics>,
     ) -> Worker {
         Worker {
             config,
             space,
             store,
-            model,
+            mapping,
             metrics,
             crash_after_apply: std::env::var_os(CRASH_AFTER_APPLY_ENV).is_some(),
         }
@@ -119,7 +127,7 @@ impl Worker {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let max = Duration::from_millis(self.config.worker.max_backoff_ms);
         let mut backoff = Backoff::new(max);
-        let mut mapper = ChangeMapper::new(self.space.clone(), self.model.clone());
+        let mut mapper = ChangeMapper::new(self.space.clone());
         loop {
             if *stop.borrow() {
                 return Ok(());
@@ -277,6 +285,11 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let acker = stream.acker();
         let heartbeat_prefix = message_prefix(self.space.prefix());
+        let mut catalog = CatalogReader::new(&self.config.postgres.url, self.mapping.clone());
+        if mapper.needs_catalog() {
+            self.refresh_catalog(mapper, &mut catalog, "worker start")
+                .await?;
+        }
         let mut txn: Option<(TxnInvalidations, PgTimestamp)> = None;
         let mut group = CommitGroup::default();
         let mut pipeline = Pipeline::default();
@@ -305,7 +318,21 @@ impl Worker {
                         }
                         LogicalMessage::Commit(commit) => {
                             if let Some((invalidations, commit_ts)) = txn.take() {
+                                let changes_schema = invalidations.changes_schema();
                                 group.push(invalidations, commit.end_lsn, commit_ts);
+                                if changes_schema {
+                                    // Before any later change is mapped: they
+                                    // must land on the new layout. Nothing of
+                                    // this commit is acknowledged yet.
+                                    self.refresh_catalog(mapper, &mut catalog, "DDL committed").await?;
+                                }
+                            }
+                        }
+                        LogicalMessage::Message(message)
+                            if message.transactional() && message.prefix == DDL_MESSAGE_PREFIX =>
+                        {
+                            if let Some((invalidations, _)) = txn.as_mut() {
+                                self.ddl(mapper, &message, invalidations);
                             }
                         }
                         LogicalMessage::Message(message) if !message.transactional() => {
@@ -330,6 +357,9 @@ impl Worker {
                         | LogicalMessage::Update(_)
                         | LogicalMessage::Delete(_)
                         | LogicalMessage::Truncate(_)) => {
+                            if mapper.wants_catalog_for(&message) {
+                                self.refresh_catalog(mapper, &mut catalog, "change of a relation the model does not know").await?;
+                            }
                             if let Some((invalidations, _)) = txn.as_mut() {
                                 mapper.change(&message, invalidations)?;
                             }
@@ -347,6 +377,54 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Re-reads the catalog into `mapper`. On failure the mapper is left
+    /// stale, so the next session reads it before mapping anything (the
+    /// commit that asked for it is not acknowledged: it is replayed).
+    async fn refresh_catalog(
+        &self,
+        mapper: &mut ChangeMapper,
+        reader: &mut CatalogReader,
+        why: &str,
+    ) -> Result<(), WorkerError> {
+        mapper.mark_catalog_stale();
+        let catalog = reader.read().await?;
+        tracing::info!(
+            why,
+            tables = catalog.model.tables().count(),
+            lsn = %catalog.lsn,
+            "catalog read"
+        );
+        mapper.set_catalog(catalog);
+        Ok(())
+    }
+
+    /// Adds a DDL message's invalidations to its transaction. An epoch bump
+    /// it calls for is one of the transaction's generation bumps, applied
+    /// before the commit is acknowledged.
+    fn ddl(&self, mapper: &ChangeMapper, message: &Message, txn: &mut TxnInvalidations) {
+        let plan = mapper.ddl(message.lsn, &message.content, txn);
+        let names: Vec<String> = plan.generations.iter().map(|n| n.to_string()).collect();
+        if plan.malformed {
+            tracing::error!(
+                lsn = %message.lsn,
+                reasons = ?plan.epoch_reasons,
+                "unreadable DDL message: the whole cache is flushed (epoch bump)"
+            );
+        } else if !plan.epoch_reasons.is_empty() {
+            tracing::warn!(
+                lsn = %message.lsn,
+                reasons = ?plan.epoch_reasons,
+                generations = ?names,
+                "DDL cannot be scoped: the whole cache is flushed (epoch bump)"
+            );
+        } else {
+            tracing::info!(lsn = %message.lsn, generations = ?names, "DDL: generations and schema version bumped");
+        }
+        if !plan.epoch_reasons.is_empty() {
+            self.metrics.epoch_bumps.inc();
         }
     }
 
