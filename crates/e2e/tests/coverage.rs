@@ -1,0 +1,302 @@
+//! Schema coverage with the real `cm-invalidator`: DDL that puts no row in
+//! the WAL, partitions created after the worker started, names that come to
+//! resolve to something else. Each case caches reads, runs a change from
+//! psql with no row write after it, fences (the worker has applied
+//! everything committed), and reads again: the cached read must equal the
+//! database's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_keys::{KeySpace, SchemaConfig};
+use cm_reader::{CachingClient, QueryCache, RawValue, ReaderOptions};
+use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
+use cm_testkit::TestEnv;
+use tokio_postgres::{Client, NoTls};
+
+use support::invalidator::{self, Worker};
+
+const SCHEMA: &str = "
+CREATE SCHEMA api;
+CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL, price int NOT NULL);
+CREATE TABLE other_item (id int PRIMARY KEY, name text NOT NULL, price int NOT NULL);
+CREATE TABLE gadget (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO item VALUES (1, 'one', 10), (2, 'two', 20);
+INSERT INTO other_item VALUES (7, 'seven', 70);
+INSERT INTO gadget VALUES (1, 'g');
+CREATE VIEW item_view AS SELECT id, name FROM item;
+CREATE VIEW item_view_view AS SELECT id, name FROM item_view;
+CREATE MATERIALIZED VIEW item_total AS SELECT sum(price) AS total FROM item;
+CREATE TABLE sale (id int, region text, total int, PRIMARY KEY (id, region))
+  PARTITION BY LIST (region);
+CREATE TABLE sale_eu PARTITION OF sale FOR VALUES IN ('eu');
+CREATE TABLE sale_rest PARTITION OF sale DEFAULT;
+INSERT INTO sale VALUES (1, 'eu', 100), (2, 'us', 200);
+CREATE TABLE sale_asia (id int, region text, total int, PRIMARY KEY (id, region));
+INSERT INTO sale_asia VALUES (3, 'asia', 300);
+";
+
+/// A running worker over a fresh database, and a reader on it.
+struct Stack {
+    env: TestEnv,
+    _dir: tempfile::TempDir,
+    _worker: Worker,
+    store: Arc<dyn CacheStore>,
+    space: KeySpace,
+    admin: Client,
+    cached: CachingClient<Client>,
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let env = tokio::task::spawn_blocking(TestEnv::start)
+            .await
+            .unwrap()
+            .unwrap();
+        env.pg.psql(SCHEMA).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config: PathBuf = dir.path().join("invalidator.toml");
+        let prefix = env.memcached.key_prefix().to_owned();
+        std::fs::write(
+            &config,
+            support::schema::invalidator_toml(
+                &env.pg.url(),
+                &env.pg.unique_name("cm_cov"),
+                env.memcached.addr(),
+                &prefix,
+            )
+            .replace(
+                "[schema.tables.\"public.addon\"]\npredicates = [[\"status\"]]\n",
+                "",
+            ),
+        )
+        .unwrap();
+        let bin = tokio::task::spawn_blocking(invalidator::binary)
+            .await
+            .unwrap()
+            .unwrap();
+        invalidator::run_cli(&bin, &config, &["setup"]).unwrap();
+        let worker = Worker::spawn(&bin, &config, &dir.path().join("worker.log")).unwrap();
+        let store: Arc<dyn CacheStore> = Arc::new(
+            MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
+                .await
+                .unwrap(),
+        );
+        let space = KeySpace::new(prefix).unwrap();
+        let admin = connect(&env.pg.url()).await;
+        let stack_client = connect(&env.pg.url()).await;
+        let stack = Stack {
+            _dir: dir,
+            _worker: worker,
+            store: store.clone(),
+            space: space.clone(),
+            cached: CachingClient::new(
+                connect(&env.pg.url()).await,
+                Arc::new(
+                    QueryCache::discover(
+                        &stack_client,
+                        space,
+                        store,
+                        &SchemaConfig::default(),
+                        ReaderOptions {
+                            publication: Some("cm_pub".into()),
+                            ..ReaderOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap(),
+                ),
+            ),
+            admin,
+            env,
+        };
+        stack.fence().await;
+        stack
+    }
+
+    /// Waits until the worker has applied everything committed so far.
+    async fn fence(&self) {
+        let row = self
+            .admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        let lsn = invalidator::parse_lsn(row.get(0)).unwrap();
+        invalidator::wait_applied(&self.store, &self.space, lsn, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+
+    fn psql(&self, sql: &str) {
+        self.env.pg.psql(sql).unwrap();
+    }
+
+    /// Reads `sql` twice through the cache (the second read is a hit when
+    /// the statement is cacheable) and returns what it saw.
+    async fn cache_read(&self, sql: &str) -> Rendered {
+        self.cached_once(sql).await;
+        self.cached_once(sql).await
+    }
+
+    async fn cached_once(&self, sql: &str) -> Rendered {
+        let rows = self.cached.query(sql, &[]).await.unwrap();
+        let mut out = Rendered::default();
+        if let Some(first) = rows.first() {
+            out.columns = first
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+        }
+        for row in &rows {
+            out.rows.push(
+                (0..row.len())
+                    .map(|i| row.raw(i).map(<[u8]>::to_vec))
+                    .collect(),
+            );
+        }
+        out.rows.sort();
+        out
+    }
+
+    /// The same statement, straight from the database, on a session with
+    /// the same `search_path` as the cached client's.
+    async fn direct_read(&self, sql: &str) -> Rendered {
+        let client = self.cached.client();
+        let rows = client.query(sql, &[]).await.unwrap();
+        let mut out = Rendered::default();
+        if let Some(first) = rows.first() {
+            out.columns = first
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+        }
+        for row in &rows {
+            out.rows.push(
+                (0..row.len())
+                    .map(|i| row.get::<_, Option<RawValue>>(i).map(|v| v.0))
+                    .collect(),
+            );
+        }
+        out.rows.sort();
+        out
+    }
+
+    /// Caches `reads`, runs `change`, fences, and checks every read.
+    async fn check(&self, change: &str, reads: &[&str]) {
+        let mut before = Vec::new();
+        for sql in reads {
+            before.push(self.cache_read(sql).await);
+        }
+        let hits = self.cached.metrics().hits;
+        assert!(hits > 0, "nothing was cached before {change:?}");
+        self.psql(change);
+        self.fence().await;
+        for (sql, old) in reads.iter().zip(before) {
+            let cached = self.cached_once(sql).await;
+            let direct = self.direct_read(sql).await;
+            assert_eq!(cached, direct, "stale after {change:?}: {sql}");
+            assert_ne!(cached, old, "the change {change:?} did not change {sql}");
+        }
+    }
+}
+
+/// A result as column names and sorted raw rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Rendered {
+    columns: Vec<String>,
+    rows: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_ddl_invalidates_without_a_row_write() {
+    let s = Stack::start().await;
+    s.check(
+        "CREATE OR REPLACE VIEW item_view AS SELECT id, upper(name) AS name FROM item",
+        &[
+            "SELECT id, name FROM item_view",
+            "SELECT id, name FROM item_view_view",
+        ],
+    )
+    .await;
+    // A same-type rewrite: the Relation message is identical.
+    s.check(
+        "ALTER TABLE gadget ALTER COLUMN name TYPE text USING name || '!'",
+        &["SELECT id, name FROM gadget WHERE id = 1"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE item ADD COLUMN color text DEFAULT 'red'",
+        &["SELECT * FROM item WHERE id = 2"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE item DROP COLUMN color",
+        &["SELECT * FROM item WHERE id = 2"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE sale ATTACH PARTITION sale_asia FOR VALUES IN ('asia')",
+        &["SELECT id, total FROM sale", "SELECT count(*) FROM sale"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE sale DETACH PARTITION sale_eu",
+        &["SELECT id, total FROM sale"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE gadget RENAME TO gadget_old; ALTER TABLE other_item RENAME TO gadget",
+        &["SELECT id, name FROM gadget"],
+    )
+    .await;
+    s.check(
+        "DROP TABLE gadget; CREATE TABLE gadget AS SELECT 99 AS id, 'remade'::text AS name",
+        &["SELECT id, name FROM gadget"],
+    )
+    .await;
+    // Rows that change only by REFRESH: first a write the view does not see.
+    s.psql("UPDATE item SET price = price + 1");
+    s.check(
+        "REFRESH MATERIALIZED VIEW item_total",
+        &["SELECT total FROM item_total"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_created_after_the_worker_started_invalidates_its_root() {
+    let s = Stack::start().await;
+    s.psql("CREATE TABLE sale_apac PARTITION OF sale FOR VALUES IN ('apac')");
+    s.fence().await;
+    let sql = "SELECT id, total FROM sale WHERE region = 'apac'";
+    s.check("INSERT INTO sale VALUES (9, 'apac', 900)", &[sql])
+        .await;
+    s.check("UPDATE sale_apac SET total = 901", &[sql]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_created_to_shadow_a_table_on_the_search_path_invalidates_it() {
+    let s = Stack::start().await;
+    s.cached
+        .client()
+        .batch_execute("SET search_path = api, public")
+        .await
+        .unwrap();
+    s.check(
+        "CREATE VIEW api.item AS SELECT id, name || ' (api)' AS name FROM public.item",
+        &["SELECT id, name FROM item WHERE id = 1"],
+    )
+    .await;
+}
