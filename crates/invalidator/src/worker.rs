@@ -483,7 +483,7 @@ pub async fn connect_sql(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "sql connection closed");
+            tracing::debug!(error = %cm_keys::describe_pg_error(&error), "sql connection closed");
         }
     });
     Ok(client)
