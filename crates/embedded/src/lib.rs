@@ -85,7 +85,7 @@ pub enum EmbeddedError {
     #[error("setting up replication: {0}")]
     Setup(#[from] cm_invalidator::setup::SetupError),
     /// The database is unreachable.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", cm_keys::describe_pg_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Discovering the schema failed.
     #[error("schema: {0}")]

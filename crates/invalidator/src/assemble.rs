@@ -31,7 +31,7 @@ pub enum StartError {
     #[error("reading the catalog: {0}")]
     Catalog(#[from] cm_keys::CatalogError),
     /// The database is unreachable (`postgres.url`).
-    #[error("config key postgres.url: {0}")]
+    #[error("config key postgres.url: {}", cm_keys::describe_pg_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]

@@ -201,7 +201,10 @@ async fn slot_findings(
         out.push(finding(
             Status::Problem,
             check.clone(),
-            format!("plugin {:?}, expected pgoutput", info.plugin),
+            format!(
+                "plugin {}, expected pgoutput",
+                info.plugin.as_deref().unwrap_or("(none: a physical slot)")
+            ),
         ));
     }
     if info.two_phase {

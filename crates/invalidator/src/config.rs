@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::{Figment, Provider};
 use serde::Deserialize;
 
 /// Prefix of the environment variables that override the file.
@@ -205,11 +205,13 @@ impl WorkerConfig {
     }
 }
 
-/// A configuration that could not be loaded, naming the file and the key.
+/// A configuration that could not be loaded, naming where the bad value
+/// came from (the file, or the environment variable) and the key.
 #[derive(Debug, thiserror::Error)]
-#[error("config {source_name}: key {key}: {message}")]
+#[error("{source_name}: key {key}: {message}")]
 pub struct ConfigError {
-    /// The file (and environment) read.
+    /// `config file <path>`, or `environment variable CM_INVALIDATOR_...`
+    /// when the key's value came from the environment.
     pub source_name: String,
     /// The dotted key path that was wrong (`(root)` for the whole document).
     pub key: String,
@@ -223,20 +225,22 @@ impl InvalidatorConfig {
     pub fn figment(file: &Path) -> Figment {
         Figment::new()
             .merge(Toml::file_exact(file))
-            // CM_INVALIDATOR_CONFIG names the file itself (a CLI option).
-            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
+            .merge(env_provider())
     }
 
     /// Loads and validates the configuration from `file` and the environment.
     pub fn load(file: &Path) -> Result<InvalidatorConfig, ConfigError> {
-        Self::from_figment(&Self::figment(file), &file.display().to_string())
+        Self::from_figment(
+            &Self::figment(file),
+            &format!("config file {}", file.display()),
+        )
     }
 
     /// Extracts the worker's sections (the schema mapping lives under
     /// `[schema]` and is read by `cm-keys`).
     pub fn from_figment(figment: &Figment, source_name: &str) -> Result<Self, ConfigError> {
         let error = |key: String, message: String| ConfigError {
-            source_name: source_name.to_owned(),
+            source_name: origin(figment, &key).unwrap_or_else(|| source_name.to_owned()),
             key,
             message,
         };
@@ -269,6 +273,44 @@ impl InvalidatorConfig {
             .map_err(|e| ("postgres.slot", e.to_string()))?;
         Ok(())
     }
+}
+
+/// The environment variables: `CM_INVALIDATOR_<SECTION>__<KEY>`.
+/// `CM_INVALIDATOR_CONFIG` names the file itself (a CLI option).
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__")
+}
+
+/// `environment variable CM_INVALIDATOR_...` when the value at the dotted
+/// `key` came from the environment; `None` when it came from the file (or
+/// nowhere: a missing key).
+fn origin(figment: &Figment, key: &str) -> Option<String> {
+    let found = figment.find_metadata(key)?;
+    if found.name != env_provider().metadata().name {
+        return None;
+    }
+    let variable = key.to_ascii_uppercase().replace('.', "__");
+    Some(format!("environment variable {ENV_PREFIX}{variable}"))
+}
+
+/// A warning for a config file that holds a password (in `postgres.url`)
+/// while group or others may read it; `None` when it holds none or only its
+/// owner may read it (or it cannot be read, which loading reports).
+pub fn exposed_password_warning(file: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let url: String = Figment::from(Toml::file_exact(file))
+        .extract_inner("postgres.url")
+        .ok()?;
+    let parsed: tokio_postgres::Config = url.parse().ok()?;
+    parsed.get_password()?;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "config file {} holds a password (in postgres.url) and group or others may read it \
+             (mode {mode:03o}): chmod 600 it, or pass the URL in {ENV_PREFIX}POSTGRES__URL",
+            file.display()
+        )
+    })
 }
 
 fn key_path(path: &[String]) -> String {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cm_keys::Heartbeat;
+use cm_keys::{describe_pg_error, Heartbeat};
 use tokio_postgres::{Client, NoTls};
 
 /// The logical message prefix for one key prefix's heartbeats.
@@ -51,14 +51,14 @@ pub async fn emit_forever(url: String, prefix: String, interval: Duration) {
                     client = Some(c);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "heartbeat: cannot connect");
+                    tracing::warn!(error = %describe_pg_error(&error), "heartbeat: cannot connect");
                     continue;
                 }
             }
         }
         if let Some(c) = &client {
             if let Err(error) = emit(c, &prefix).await {
-                tracing::warn!(%error, "heartbeat: emit failed");
+                tracing::warn!(error = %describe_pg_error(&error), "heartbeat: emit failed");
                 client = None;
             }
         }

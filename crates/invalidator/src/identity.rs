@@ -1,6 +1,7 @@
-//! Replica identity verdicts for published tables (research 2.2, 2.4, 2.6):
-//! what old values UPDATE and DELETE will carry, and whether writes to the
-//! table fail once it is published.
+//! Replica identity verdicts for published tables: what old values UPDATE
+//! and DELETE will carry, and whether writes to the table fail once it is
+//! published (PostgreSQL refuses UPDATE and DELETE on a published table
+//! without a replica identity).
 
 use cm_keys::TableName;
 use serde::Serialize;
@@ -17,7 +18,7 @@ pub struct IdentityVerdict {
     pub verdict: Verdict,
 }
 
-/// The research notes' verdicts.
+/// What a table's replica identity gives the invalidator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {

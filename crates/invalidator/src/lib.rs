@@ -10,6 +10,7 @@
 //! the cache, skip a change it cannot interpret instead of bumping a
 //! generation, or create a publication or slot in an order that loses changes.
 
+pub mod ack_bound;
 pub mod apply;
 pub mod assemble;
 pub mod catalog;
@@ -18,11 +19,13 @@ pub mod check;
 pub mod config;
 pub mod ddl;
 pub mod ddl_trigger;
+pub mod error_text;
 pub mod heartbeat;
 pub mod identity;
 pub mod inspect;
 pub mod metrics;
 pub mod pipeline;
 pub mod setup;
+pub mod slot_identity;
 pub mod txn;
 pub mod worker;

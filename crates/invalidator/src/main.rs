@@ -12,7 +12,8 @@ use tokio_postgres::Client;
 
 use cm_invalidator::assemble;
 use cm_invalidator::check::{cache_finding, database_findings, has_problem, render_table};
-use cm_invalidator::config::{InvalidatorConfig, LogFormat};
+use cm_invalidator::config::{exposed_password_warning, InvalidatorConfig, LogFormat};
+use cm_invalidator::error_text::render_chain;
 use cm_invalidator::heartbeat::unix_micros_now;
 use cm_invalidator::inspect;
 use cm_invalidator::setup;
@@ -91,7 +92,7 @@ async fn main() -> ExitCode {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cm-invalidator: {e:#}");
+            eprintln!("cm-invalidator: {}", render_chain(e.chain()));
             failure
         }
     }
@@ -100,6 +101,9 @@ async fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config = InvalidatorConfig::load(&cli.config)?;
     init_tracing(&config);
+    if let Some(warning) = exposed_password_warning(&cli.config) {
+        tracing::warn!("{warning}");
+    }
     let figment = InvalidatorConfig::figment(&cli.config);
     match cli.command {
         Command::Setup { dry_run } => run_setup(&config, dry_run).await,
@@ -154,11 +158,40 @@ async fn run_setup(config: &InvalidatorConfig, dry_run: bool) -> Result<ExitCode
             if dry_run { "would run: " } else { "running: " }
         );
     }
-    if !dry_run {
-        setup::apply(&client, config, &steps).await?;
-        println!("done; `cm-invalidator run` flushes the cache (epoch bump) before streaming");
+    let creates_slot = setup::creates_slot(&steps);
+    if dry_run {
+        if creates_slot {
+            println!("would flush the cache (epoch bump): a new slot never streams earlier writes");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
+    // The cache configuration is checked before anything is created.
+    let cache = if creates_slot {
+        Some(cache_of(config).await?)
+    } else {
+        None
+    };
+    setup::apply(&client, config, &steps).await?;
+    if let Some((store, space)) = cache {
+        setup::flush_cache_for_new_slot(store.as_ref(), &space)
+            .await
+            .context(
+                "the slot was created, but flushing the cache (epoch bump) failed; \
+                 `cm-invalidator run` flushes it when it starts, as it finds a slot it did not confirm",
+            )?;
+        println!("flushed the cache (epoch bump): nothing cached before the new slot is served");
+    }
+    println!("done");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The memcached store and key space the configuration names.
+async fn cache_of(
+    config: &InvalidatorConfig,
+) -> Result<(std::sync::Arc<dyn cm_store::CacheStore>, KeySpace)> {
+    let space = KeySpace::new(config.cache.prefix.clone()).context("config key cache.prefix")?;
+    let store = assemble::store(config).await?;
+    Ok((store, space))
 }
 
 async fn run_check(

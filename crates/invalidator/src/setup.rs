@@ -2,13 +2,18 @@
 //! event triggers (so DDL is noted in the WAL before any slot decodes it;
 //! see `docs/ddl.md`), the publication, then the slot (a slot created
 //! before its publication fails for good on PG <= 17, and silently skips
-//! changes on PG18). The cache flush that must follow a new slot is done by
-//! `run`, which bumps the epoch whenever the slot is not the one it last
-//! streamed from.
+//! changes on PG18). A new slot never streams what was written before it,
+//! so creating one flushes the cache ([`flush_cache_for_new_slot`]); `run`
+//! bumps the epoch again when it finds a slot that is not the one it last
+//! streamed from (see [`crate::slot_identity`]), so a slot created by hand
+//! is caught too.
 
 use cm_replication::inspect::{publication_exists, quote_ident, slot_info};
 use cm_replication::{ReplicationConfig, ReplicationConnection, SlotName};
 use tokio_postgres::Client;
+
+use cm_keys::KeySpace;
+use cm_store::{CacheStore, StoreError};
 
 use crate::config::InvalidatorConfig;
 use crate::ddl_trigger::{trigger_state, TriggerState, INSTALL_SQL};
@@ -65,7 +70,7 @@ pub enum SetupError {
     /// Publishing these tables would make their UPDATE/DELETE fail.
     #[error(
         "publishing would break writes: UPDATE and DELETE fail on published tables without a replica \
-         identity (research 2.4). Give each a primary key or REPLICA IDENTITY FULL, or list the tables \
+         identity. Give each a primary key or REPLICA IDENTITY FULL, or list the tables \
          to publish in postgres.publish_tables: {0}"
     )]
     BrokenIdentity(String),
@@ -79,7 +84,7 @@ pub enum SetupError {
     #[error("postgres.publish_tables: {0:?} is not schema.table")]
     BadTableName(String),
     /// SQL failed.
-    #[error("SQL: {0}")]
+    #[error("SQL: {}", cm_keys::describe_pg_error(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// The replication connection failed.
     #[error(transparent)]
@@ -195,4 +200,24 @@ async fn install_ddl_triggers(client: &Client) -> Result<(), SetupError> {
             }
             _ => SetupError::Sql(error),
         })
+}
+
+/// Whether carrying out `steps` creates a replication slot (and so must
+/// flush the cache).
+pub fn creates_slot(steps: &[SetupStep]) -> bool {
+    steps
+        .iter()
+        .any(|step| matches!(step, SetupStep::CreateSlot { .. }))
+}
+
+/// Bumps the epoch after a slot was created: results cached before it may
+/// miss writes no slot streamed, so none of them may be served again. One
+/// attempt; if it fails, `run` still flushes when it starts (the new slot's
+/// position lies beyond the confirm bound it persisted).
+pub async fn flush_cache_for_new_slot(
+    store: &dyn CacheStore,
+    space: &KeySpace,
+) -> Result<(), StoreError> {
+    store.bump_generation(space.epoch().as_str()).await?;
+    Ok(())
 }

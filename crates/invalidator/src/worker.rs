@@ -1,9 +1,12 @@
-//! `run`: the at-least-once loop (research 3.6).
+//! `run`: the at-least-once loop.
 //!
-//! Per session: make sure the slot exists (creating it bumps the epoch),
-//! compare the system id, timeline and slot with what the last run
-//! persisted (a change bumps the epoch: LSNs may repeat or changes may be
-//! missing, research 5.6), then stream from `0/0`. Per transaction: collect
+//! Per session: check the configuration against the server before the
+//! cache is touched (wal_level, role, publication, a foreign slot: fatal),
+//! make sure the slot exists, stream from `0/0` with nothing confirmable,
+//! and, once the slot is held, decide whether it is the one the last run
+//! left ([`crate::slot_identity`]: a new or re-created slot, another system,
+//! timeline or slot bumps the epoch), persist the confirm bound and let the
+//! ack gate confirm up to it ([`crate::ack_bound`] keeps it ahead). Per transaction: collect
 //! invalidations from every change, apply them to the cache until that
 //! succeeds, and only then acknowledge the Commit's `end_lsn`. Transactions
 //! are applied one after another, so the acknowledged position is always a
@@ -19,16 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig, WorkerState};
-use cm_pgoutput::{LogicalMessage, Message, PgTimestamp};
-use cm_replication::inspect::slot_info;
+use cm_pgoutput::{LogicalMessage, Lsn, Message, PgTimestamp};
+use cm_replication::inspect::{check_prerequisites, slot_info, SlotInfo};
 use cm_replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
-    StartOptions,
+    StartOptions, SystemIdentity,
 };
 use cm_store::{CacheStore, StoreError};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
+use crate::ack_bound::BoundKeeper;
 use crate::apply::{apply_once, Applied, Backoff};
 use crate::catalog::{CatalogReadError, CatalogReader};
 use crate::changes::{ChangeError, ChangeMapper};
@@ -37,6 +41,7 @@ use crate::ddl::DDL_MESSAGE_PREFIX;
 use crate::heartbeat::{heartbeat_for, message_prefix};
 use crate::metrics::Metrics;
 use crate::pipeline::{ApplyFuture, Pipeline};
+use crate::slot_identity::{flush_reason, read_state, starting_bound, write_state};
 use crate::txn::{CommitGroup, TxnInvalidations};
 
 /// Most transactions applied as one [`CommitGroup`].
@@ -49,7 +54,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     /// SQL on the ordinary connection failed.
-    #[error("SQL: {0}")]
+    #[error("SQL: {}", cm_keys::describe_pg_error(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// The stream broke its own rules.
     #[error(transparent)]
@@ -66,7 +71,8 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
-    /// Errors an operator must fix; retrying cannot help.
+    /// Errors an operator must fix; retrying cannot help. `run` exits with
+    /// them, before touching the cache when they show at a session start.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
@@ -74,10 +80,17 @@ impl WorkerError {
                 ReplicationError::SlotTwoPhase { .. }
                     | ReplicationError::SlotMismatch { .. }
                     | ReplicationError::PublicationMissing { .. }
+                    | ReplicationError::WalLevelNotLogical { .. }
+                    | ReplicationError::NotReplicationRole { .. }
                     | ReplicationError::Config(_)
                     | ReplicationError::Auth(_)
             )
         ) || matches!(self, WorkerError::Catalog(error) if error.is_fatal())
+    }
+
+    /// PostgreSQL ended the session in an orderly way (shutdown, restart).
+    fn is_ended_by_server(&self) -> bool {
+        matches!(self, WorkerError::Replication(e) if e.is_ended_by_server())
     }
 }
 
@@ -139,6 +152,8 @@ impl Worker {
                 Err(error) => {
                     if matches!(&error, WorkerError::Replication(e) if e.is_slot_busy()) {
                         tracing::info!(%error, "slot held by another worker; waiting");
+                    } else if error.is_ended_by_server() {
+                        tracing::warn!(%error, "PostgreSQL ended the replication session; reconnecting from 0/0");
                     } else {
                         tracing::warn!(%error, "replication session ended; reconnecting from 0/0");
                     }
@@ -162,22 +177,39 @@ impl Worker {
     ) -> Result<SessionEnd, WorkerError> {
         let replication = ReplicationConfig::parse(&self.config.postgres.url)?;
         let slot = SlotName::new(&self.config.postgres.slot)?;
+        let publications = vec![self.config.postgres.publication.clone()];
         let client = connect_sql(&self.config.postgres.url).await?;
+        // A misconfiguration is fatal and must leave the cache as it is.
+        let found = check_prerequisites(&client, &slot, &publications).await?;
         let mut conn = ReplicationConnection::connect(&replication).await?;
         let system = conn.identify_system().await?;
-        self.ensure_slot(&client, &mut conn, &slot).await?;
-        self.check_epoch(WorkerState {
-            system_id: system.system_id.clone(),
-            timeline: system.timeline,
-            slot: slot.to_string(),
-        })
-        .await?;
-        let mut options = StartOptions::new(slot, [self.config.postgres.publication.clone()]);
+        let created = self.ensure_slot(&mut conn, &slot, found).await?;
+        let mut options = StartOptions::new(slot.clone(), publications);
         options.status_interval = Duration::from_millis(self.config.worker.status_interval_ms);
+        // Nothing is confirmed before the bound covering it is persisted;
+        // a flush of 0/0 is ignored by PostgreSQL.
+        options.ack_ceiling = Some(Lsn::INVALID);
         let mut stream = conn.start_replication(options).await?;
+        // From here the walsender holds the slot: no one else moves it.
+        let state = self.check_epoch(&client, &slot, &system, created).await?;
+        let acker = stream.acker();
+        acker.raise_ceiling(Lsn(state.confirm_bound.unwrap_or_default()));
         mapper.reset_session();
         tracing::info!(system_id = %system.system_id, timeline = system.timeline, "streaming");
-        let result = self.stream(mapper, &mut stream, stop).await;
+        let keeper = BoundKeeper::new(
+            Arc::clone(&self.store),
+            self.space.worker_state(),
+            state,
+            Arc::clone(&self.metrics),
+            Duration::from_millis(self.config.worker.max_backoff_ms),
+        );
+        let result = tokio::select! {
+            result = self.stream(mapper, &mut stream, stop) => result,
+            kept = keeper.run(acker) => match kept {
+                Ok(never) => match never {},
+                Err(error) => Err(error),
+            },
+        };
         match result {
             Ok(()) => {
                 stream.stop().await?;
@@ -187,62 +219,61 @@ impl Worker {
         }
     }
 
-    /// Creates a missing slot, re-creates a lost one; either way the cache
-    /// may hold results the new slot will never invalidate: bump the epoch.
+    /// Creates a missing slot, re-creates a lost one; returns whether it
+    /// created one (the epoch decision then flushes the cache: the new slot
+    /// never streams what was written before it).
     async fn ensure_slot(
         &self,
-        client: &Client,
         conn: &mut ReplicationConnection,
         slot: &SlotName,
-    ) -> Result<(), WorkerError> {
-        let info = slot_info(client, slot).await?;
-        let lost = info.as_ref().and_then(|i| i.invalidation());
+        found: Option<SlotInfo>,
+    ) -> Result<bool, WorkerError> {
+        let lost = found.as_ref().and_then(|i| i.invalidation());
         if let Some(reason) = &lost {
             tracing::error!(%slot, %reason, "slot invalidated: dropping and re-creating it; the whole cache is flushed");
             conn.drop_slot(slot, false).await?;
         }
-        if info.is_none() || lost.is_some() {
-            let created = conn.create_slot(slot).await?;
-            tracing::warn!(%slot, consistent_point = %created.consistent_point, "created replication slot");
-            self.bump_epoch("new replication slot").await?;
+        if found.is_some() && lost.is_none() {
+            return Ok(false);
         }
-        Ok(())
+        let created = conn.create_slot(slot).await?;
+        tracing::warn!(%slot, consistent_point = %created.consistent_point, "created replication slot");
+        Ok(true)
     }
 
-    /// Bumps the epoch when the system, timeline or slot differ from what
-    /// the last run saw (or nothing was persisted), then persists them.
-    async fn check_epoch(&self, current: WorkerState) -> Result<(), WorkerError> {
+    /// Decides whether the slot is the one the last session left (see
+    /// [`crate::slot_identity`]), bumps the epoch when it is not, and
+    /// persists the worker state with its starting confirm bound. Runs
+    /// while this session holds the slot and before anything is confirmed.
+    async fn check_epoch(
+        &self,
+        client: &Client,
+        slot: &SlotName,
+        system: &SystemIdentity,
+        slot_created: bool,
+    ) -> Result<WorkerState, WorkerError> {
         let key = self.space.worker_state();
-        let stored = self
-            .retry("read worker state", || async {
-                self.store.get_many(&[key.as_str()]).await
-            })
+        let store = self.store.as_ref();
+        let previous = self
+            .retry("read worker state", || read_state(store, &key))
             .await?;
-        let previous = stored
-            .into_iter()
-            .next()
-            .flatten()
-            .and_then(|item| WorkerState::decode(&item.value));
-        match &previous {
-            Some(previous) if *previous == current => {}
-            Some(previous) => {
-                tracing::warn!(?previous, ?current, "system, timeline or slot changed");
-                self.bump_epoch("system id, timeline or slot changed")
-                    .await?;
-            }
-            None => {
-                self.bump_epoch("no persisted worker state (first start or cache restarted)")
-                    .await?
-            }
+        let confirmed = slot_info(client, slot)
+            .await?
+            .and_then(|info| info.confirmed_flush_lsn);
+        let mut current = WorkerState {
+            system_id: system.system_id.clone(),
+            timeline: system.timeline,
+            slot: slot.to_string(),
+            confirm_bound: None,
+        };
+        if let Some(reason) = flush_reason(previous.as_ref(), &current, slot_created, confirmed) {
+            self.bump_epoch(&reason.to_string()).await?;
         }
-        let value = current.encode();
-        self.retry("write worker state", || async {
-            self.store
-                .write_heartbeat(key.as_str(), &value, Duration::from_secs(30 * 24 * 3600))
-                .await
-        })
-        .await?;
-        Ok(())
+        let bound = starting_bound(previous.as_ref(), &current, confirmed, system.xlogpos);
+        current.confirm_bound = Some(bound.0);
+        self.retry("write worker state", || write_state(store, &key, &current))
+            .await?;
+        Ok(current)
     }
 
     async fn bump_epoch(&self, reason: &str) -> Result<(), WorkerError> {
@@ -498,7 +529,7 @@ impl Worker {
 /// retry can fix (invalid keys, oversized values) are returned; everything
 /// else (down, slow, contended) is counted, logged and retried, while the
 /// stream's own task keeps answering keepalives and nothing is acknowledged.
-async fn retry_store<T, F, Fut>(
+pub(crate) async fn retry_store<T, F, Fut>(
     max_backoff: Duration,
     metrics: &Metrics,
     what: &str,
@@ -530,7 +561,7 @@ pub async fn connect_sql(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "sql connection closed");
+            tracing::debug!(error = %cm_keys::describe_pg_error(&error), "sql connection closed");
         }
     });
     Ok(client)

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use cm_invalidator::config::InvalidatorConfig;
+use cm_invalidator::config::{exposed_password_warning, InvalidatorConfig};
 
 fn load(text: &str) -> Result<InvalidatorConfig, String> {
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -50,4 +50,36 @@ fn the_schema_section_is_left_to_the_mapping() {
     )
     .unwrap();
     assert_eq!(config.cache.prefix, "cm");
+}
+
+#[test]
+fn a_password_in_a_file_others_may_read_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let with_password =
+        "[postgres]\nurl = 'postgres://cm:s3cret@db/app'\n[cache]\nservers = ['a:1']\n";
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(with_password.as_bytes()).unwrap();
+    let chmod = |mode| {
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(0o644);
+    let warning = exposed_password_warning(file.path()).expect("a warning");
+    assert!(
+        warning.contains(&file.path().display().to_string()),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("chmod 600") && warning.contains("644"),
+        "{warning}"
+    );
+    assert!(!warning.contains("s3cret"), "{warning}");
+    chmod(0o600);
+    assert_eq!(exposed_password_warning(file.path()), None);
+
+    let mut plain = tempfile::NamedTempFile::new().unwrap();
+    plain
+        .write_all(b"[postgres]\nurl = 'host=db user=cm'\n[cache]\nservers = ['a:1']\n")
+        .unwrap();
+    std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(exposed_password_warning(plain.path()), None);
 }

@@ -28,7 +28,7 @@ use crate::schema::{
 #[derive(Debug, Error)]
 pub enum CatalogError {
     /// A catalog query failed (connection lost, permission denied, ...).
-    #[error("catalog query failed: {0}")]
+    #[error("catalog query failed: {}", crate::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
     /// The catalog returned something this code does not understand.
     #[error("unexpected catalog contents: {0}")]

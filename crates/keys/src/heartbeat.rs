@@ -1,7 +1,7 @@
 //! The values the invalidator writes and readers check, shared so both
 //! sides parse the same bytes: the heartbeat (how far invalidation has
 //! applied, and when) and the worker state (what the invalidator last
-//! streamed from).
+//! streamed from, and a bound on what it confirmed).
 //!
 //! Both are short ASCII records, versioned by their first field.
 
@@ -47,9 +47,13 @@ impl Heartbeat {
     }
 }
 
-/// What the invalidator streams from. Persisted in the cache; when it
-/// differs at start (or is missing), LSNs may repeat or changes may have been
-/// missed, so the invalidator bumps the epoch.
+/// What the invalidator streams from, and how far it may have confirmed.
+/// Persisted in the cache; when the source differs at start (or the record
+/// is missing), LSNs may repeat or changes may have been missed, so the
+/// invalidator bumps the epoch. The same holds when the slot's
+/// `confirmed_flush_lsn` lies beyond [`WorkerState::confirm_bound`]: no
+/// worker confirmed that position, so the slot was re-created or advanced by
+/// someone else and the changes in between were never streamed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerState {
     /// IDENTIFY_SYSTEM's system identifier.
@@ -58,27 +62,50 @@ pub struct WorkerState {
     pub timeline: u32,
     /// The replication slot.
     pub slot: String,
+    /// An upper bound of every LSN the invalidator ever confirmed to
+    /// PostgreSQL through this slot; `None` in a record written before the
+    /// bound existed (`ws1`).
+    pub confirm_bound: Option<u64>,
 }
 
 impl WorkerState {
-    /// `ws1 <system_id> <timeline> <slot>` (slot names have no spaces).
+    /// `ws2 <system_id> <timeline> <slot> <confirm_bound>` (slot names have
+    /// no spaces), or `ws1 <system_id> <timeline> <slot>` without a bound.
     pub fn encode(&self) -> Vec<u8> {
-        format!("ws1 {} {} {}", self.system_id, self.timeline, self.slot).into_bytes()
+        let source = format!("{} {} {}", self.system_id, self.timeline, self.slot);
+        match self.confirm_bound {
+            Some(bound) => format!("ws2 {source} {bound}").into_bytes(),
+            None => format!("ws1 {source}").into_bytes(),
+        }
     }
 
     /// Parses [`WorkerState::encode`]'s output.
     pub fn decode(bytes: &[u8]) -> Option<WorkerState> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut fields = text.split(' ');
-        if fields.next()? != "ws1" {
-            return None;
-        }
-        let state = WorkerState {
+        let with_bound = match fields.next()? {
+            "ws1" => false,
+            "ws2" => true,
+            _ => return None,
+        };
+        let mut state = WorkerState {
             system_id: fields.next()?.to_owned(),
             timeline: fields.next()?.parse().ok()?,
             slot: fields.next()?.to_owned(),
+            confirm_bound: None,
         };
+        if with_bound {
+            state.confirm_bound = Some(fields.next()?.parse().ok()?);
+        }
         fields.next().is_none().then_some(state)
+    }
+
+    /// Whether both records describe the same system, timeline and slot
+    /// (the bound aside).
+    pub fn same_source(&self, other: &WorkerState) -> bool {
+        self.system_id == other.system_id
+            && self.timeline == other.timeline
+            && self.slot == other.slot
     }
 }
 
@@ -106,13 +133,40 @@ mod tests {
     }
 
     #[test]
-    fn worker_state_round_trips() {
-        let state = WorkerState {
+    fn worker_state_round_trips_with_and_without_a_bound() {
+        let mut state = WorkerState {
             system_id: "7441403459287381234".into(),
             timeline: 1,
             slot: "cm_invalidator".into(),
+            confirm_bound: Some(0x1548E68),
         };
+        assert_eq!(WorkerState::decode(&state.encode()), Some(state.clone()));
+        state.confirm_bound = None;
+        assert_eq!(
+            WorkerState::decode(b"ws1 7441403459287381234 1 cm_invalidator"),
+            Some(state.clone())
+        );
         assert_eq!(WorkerState::decode(&state.encode()), Some(state));
-        assert_eq!(WorkerState::decode(b"ws1 1 x slot"), None);
+        for bad in [
+            &b"ws1 1 x slot"[..],
+            b"ws2 1 1 slot",
+            b"ws2 1 1 slot x",
+            b"ws2 1 1 slot 5 6",
+            b"ws3 1 1 slot 5",
+        ] {
+            assert_eq!(WorkerState::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn same_source_ignores_the_bound_only() {
+        let state = |slot: &str, bound| WorkerState {
+            system_id: "1".into(),
+            timeline: 1,
+            slot: slot.into(),
+            confirm_bound: bound,
+        };
+        assert!(state("a", Some(1)).same_source(&state("a", None)));
+        assert!(!state("a", Some(1)).same_source(&state("b", Some(1))));
     }
 }

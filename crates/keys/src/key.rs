@@ -215,7 +215,8 @@ impl KeySpace {
     }
 
     /// `w`: the system id, timeline and slot the invalidator last streamed
-    /// from; a difference on start means the cache may be stale (epoch bump).
+    /// from, and an upper bound of the LSNs it confirmed ([`crate::WorkerState`]);
+    /// a difference on start means the cache may be stale (epoch bump).
     pub fn worker_state(&self) -> Key {
         self.make(KeyKind::WorkerState, &[b"worker-state"])
     }

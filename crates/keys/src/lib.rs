@@ -19,6 +19,8 @@
 //!   give the reader the keys of a row it read.
 //! * [`Heartbeat`] and [`WorkerState`]: the records the invalidator writes
 //!   and readers check.
+//! * [`describe_pg_error`]: the one line every crate shows for a PostgreSQL
+//!   error (the server's message, not just `db error`).
 //!
 //! ```
 //! use cm_keys::{canonical_from_text, oid, KeySpace, TableName};
@@ -51,6 +53,7 @@ mod heartbeat;
 mod image;
 mod key;
 mod model;
+mod pg_error;
 mod schema;
 mod value;
 
@@ -62,6 +65,7 @@ pub use derive::{
 pub use heartbeat::{Heartbeat, WorkerState};
 pub use image::{image_from_binary, images_from_pgoutput, ImageError, RowImages};
 pub use key::{Key, KeyKind, KeySpace, PrefixError, MAX_PREFIX_LEN};
+pub use pg_error::describe_pg_error;
 pub use schema::{
     Column, ColumnSet, ForeignKey, ForeignKeySource, KeySource, ReplicaIdentity, SchemaModel,
     Table, TableName, TablePolicy,

@@ -17,10 +17,13 @@ pub enum ReaderError {
         /// What the statement is instead.
         reason: String,
     },
-    /// The database refused or failed the statement (the same error an
-    /// uncached `tokio_postgres::Client` call would return).
-    #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
+    /// The database refused or failed the statement: the same error an
+    /// uncached `tokio_postgres::Client` call would return, for its
+    /// `code()` and `as_db_error()`. It shows the server's message, detail
+    /// and hint (`ERROR 42P01: relation "x" does not exist`), and is not
+    /// returned again as `source()`, so a printed chain says it once.
+    #[error("database: {}", cm_keys::describe_pg_error(.0))]
+    Database(tokio_postgres::Error),
     /// `query_one` found no row.
     #[error("query returned no rows, expected exactly one")]
     NoRows,
@@ -39,6 +42,12 @@ pub enum ReaderError {
     /// The reader's configuration is inconsistent.
     #[error("bad reader configuration: {0}")]
     Config(String),
+}
+
+impl From<tokio_postgres::Error> for ReaderError {
+    fn from(error: tokio_postgres::Error) -> ReaderError {
+        ReaderError::Database(error)
+    }
 }
 
 /// Why [`crate::CachedRow::try_get`] could not produce a value.

@@ -1,16 +1,17 @@
 //! The acknowledgement rule, in one place.
 //!
-//! PostgreSQL trusts the `flush` position we report completely: it will skip,
-//! forever, every transaction whose commit lies below it (research 3.5,
-//! rule 0.6). So the only positions [`AckGate`] ever lets out are:
+//! PostgreSQL trusts the `flush` position we report completely: it stores it
+//! as the slot's `confirmed_flush_lsn` and will skip, forever, every
+//! transaction whose commit lies below it. So the only positions [`AckGate`]
+//! ever lets out are:
 //!
 //! * a Commit's `end_lsn`, once the caller says that transaction **and every
-//!   transaction received before it** is done (rule 0.4: checkpoint only at
-//!   transaction boundaries, never at a mid-transaction LSN, which BEGIN and
-//!   every COPY row share);
+//!   transaction received before it** is done (only at transaction
+//!   boundaries, never at a mid-transaction LSN, which BEGIN and every
+//!   CopyData row of a transaction share);
 //! * a keepalive's `walEnd`, once nothing received before that keepalive is
 //!   outstanding: no unapplied transaction, no open transaction, no unapplied
-//!   standalone logical message (rule 0.5; needed because PG15+ sends nothing
+//!   standalone logical message (needed because PG15+ sends nothing
 //!   for transactions on unpublished tables, so a quiet database would
 //!   otherwise hold its slot's WAL while the rest of the cluster writes).
 //!   A keepalive that arrives while such work is outstanding is remembered
@@ -29,6 +30,16 @@
 //!
 //! Anything else is refused with an [`AckError`], never silently ignored.
 //! The reported flush never moves backwards.
+//!
+//! The ceiling: a caller that must know, after a restart, how far it could
+//! have confirmed (to tell its own slot from a re-created one) gives the
+//! gate a ceiling ([`AckGate::with_ceiling`]) and raises it only after
+//! persisting the new value ([`AckGate::raise_ceiling`]). The reported flush
+//! is the lower of the done position and the ceiling. Any position at or
+//! below the done position is safe to confirm: PostgreSQL skips only the
+//! transactions whose commit record starts below it, and every one of those
+//! is done. [`AckGate::ceiling_request`] tells when the ceiling holds the
+//! flush back, keepalive confirmations included.
 
 use std::collections::VecDeque;
 
@@ -72,17 +83,50 @@ pub struct AckGate {
     unapplied_commits: VecDeque<Lsn>,
     /// LSNs of received standalone (non-transactional) messages not yet acknowledged.
     unapplied_messages: VecDeque<Lsn>,
-    /// Keepalive `walEnd`s above `flush` that arrived while work received
+    /// Keepalive `walEnd`s above `done` that arrived while work received
     /// before them was outstanding, ascending.
     pending_keepalives: VecDeque<Lsn>,
     last_received: Lsn,
-    flush: Lsn,
+    /// The furthest position whose work is done (what would be confirmed
+    /// without a ceiling).
+    done: Lsn,
+    /// The highest flush the caller allows; `None` for no limit.
+    ceiling: Option<Lsn>,
 }
 
 impl AckGate {
     /// A gate that has received nothing and confirms nothing.
     pub fn new() -> AckGate {
         AckGate::default()
+    }
+
+    /// A gate that never reports a flush above `ceiling` until the caller
+    /// raises it. `Lsn(0)` confirms nothing: PostgreSQL ignores a flush of
+    /// `0/0` (InvalidXLogRecPtr).
+    pub fn with_ceiling(ceiling: Lsn) -> AckGate {
+        AckGate {
+            ceiling: Some(ceiling),
+            ..AckGate::default()
+        }
+    }
+
+    /// Lets the reported flush go up to `ceiling` (a lower value is
+    /// ignored: the ceiling never comes down). Call it only once `ceiling`
+    /// is persisted wherever the caller keeps its bound. Returns the flush
+    /// position afterwards.
+    pub fn raise_ceiling(&mut self, ceiling: Lsn) -> Lsn {
+        if let Some(current) = self.ceiling.as_mut() {
+            *current = (*current).max(ceiling);
+        }
+        self.flush()
+    }
+
+    /// `Some(position)` while the ceiling holds back work that is done: the
+    /// position to raise it to, the furthest received (at or beyond the
+    /// done position, so one raise covers everything done so far).
+    pub fn ceiling_request(&self) -> Option<Lsn> {
+        let ceiling = self.ceiling?;
+        (self.done > ceiling).then_some(self.last_received.max(self.done))
     }
 
     /// Records a message handed to the caller, in stream order. `wal_end` is
@@ -133,9 +177,9 @@ impl AckGate {
         {
             self.unapplied_messages.pop_front();
         }
-        self.flush = self.flush.max(end_lsn);
+        self.done = self.done.max(end_lsn);
         self.confirm_settled_keepalives();
-        Ok(self.flush)
+        Ok(self.flush())
     }
 
     /// The caller finished the standalone message at `lsn`. It is no commit
@@ -148,7 +192,7 @@ impl AckGate {
         };
         self.unapplied_messages.remove(index);
         self.confirm_settled_keepalives();
-        Ok(self.flush)
+        Ok(self.flush())
     }
 
     /// A primary keepalive: its `wal_end` is confirmed now if nothing
@@ -156,20 +200,14 @@ impl AckGate {
     /// done. Returns the flush position afterwards.
     pub fn keepalive(&mut self, wal_end: Lsn) -> Lsn {
         self.note_position(wal_end);
-        if wal_end
-            > self
-                .pending_keepalives
-                .back()
-                .copied()
-                .unwrap_or(self.flush)
-        {
+        if wal_end > self.pending_keepalives.back().copied().unwrap_or(self.done) {
             if self.pending_keepalives.len() == MAX_PENDING_KEEPALIVES {
                 self.pending_keepalives.pop_back();
             }
             self.pending_keepalives.push_back(wal_end);
         }
         self.confirm_settled_keepalives();
-        self.flush
+        self.flush()
     }
 
     /// Nothing received is waiting for the caller.
@@ -186,7 +224,7 @@ impl AckGate {
             if !self.settled_below(wal_end) {
                 break;
             }
-            self.flush = self.flush.max(wal_end);
+            self.done = self.done.max(wal_end);
             self.pending_keepalives.pop_front();
         }
     }
@@ -209,9 +247,14 @@ impl AckGate {
         self.last_received
     }
 
-    /// The `flush` position to report: the furthest position whose work is done.
+    /// The `flush` position to report: the furthest position whose work is
+    /// done, but never above the ceiling. Both only rise, so neither does
+    /// this.
     pub fn flush(&self) -> Lsn {
-        self.flush
+        match self.ceiling {
+            Some(ceiling) => self.done.min(ceiling),
+            None => self.done,
+        }
     }
 
     fn note_position(&mut self, lsn: Lsn) {
@@ -403,6 +446,52 @@ mod tests {
         gate.keepalive(Lsn(0x5000));
         deliver_txn(&mut gate, 0x4000); // a replay after reconnect
         assert_eq!(gate.commit_done(Lsn(0x4000)), Ok(Lsn(0x5000)));
+    }
+
+    #[test]
+    fn the_ceiling_caps_commit_and_keepalive_confirmations_until_raised() {
+        let mut gate = AckGate::with_ceiling(Lsn(0));
+        deliver_txn(&mut gate, 0x1000);
+        assert_eq!(gate.ceiling_request(), None, "nothing done yet");
+        assert_eq!(gate.commit_done(Lsn(0x1000)), Ok(Lsn(0)));
+        assert_eq!(gate.ceiling_request(), Some(Lsn(0x1000)));
+        assert_eq!(
+            gate.keepalive(Lsn(0x1800)),
+            Lsn(0),
+            "idle keepalive, capped"
+        );
+        assert_eq!(gate.ceiling_request(), Some(Lsn(0x1800)));
+        assert_eq!(gate.raise_ceiling(Lsn(0x1400)), Lsn(0x1400));
+        assert_eq!(gate.ceiling_request(), Some(Lsn(0x1800)));
+        assert_eq!(gate.raise_ceiling(Lsn(0x1800)), Lsn(0x1800));
+        assert_eq!(gate.ceiling_request(), None);
+        assert_eq!(
+            gate.raise_ceiling(Lsn(0x100)),
+            Lsn(0x1800),
+            "never comes down"
+        );
+    }
+
+    #[test]
+    fn a_ceiling_request_asks_for_everything_received() {
+        let mut gate = AckGate::with_ceiling(Lsn(0x500));
+        deliver_txn(&mut gate, 0x1000);
+        deliver_txn(&mut gate, 0x2000);
+        gate.commit_done(Lsn(0x1000)).unwrap();
+        assert_eq!(gate.flush(), Lsn(0x500));
+        assert_eq!(gate.ceiling_request(), Some(Lsn(0x2000)));
+        gate.raise_ceiling(Lsn(0x2000));
+        assert_eq!(gate.flush(), Lsn(0x1000), "still only what is done");
+        assert_eq!(gate.commit_done(Lsn(0x2000)), Ok(Lsn(0x2000)));
+        assert_eq!(gate.ceiling_request(), None);
+    }
+
+    #[test]
+    fn a_gate_without_ceiling_never_requests_one() {
+        let mut gate = AckGate::new();
+        gate.raise_ceiling(Lsn(0x10));
+        assert_eq!(gate.keepalive(Lsn(0x900)), Lsn(0x900));
+        assert_eq!(gate.ceiling_request(), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::wire::{server_error, Backend, Wire};
 
 /// Session settings pinned on every replication connection. pgoutput's text
 /// values come from type output functions in *this* session, so these make
-/// them match what the reader derives (research rule 0.15); the timeouts
+/// them match what the reader derives; the timeouts
 /// must never cut a long-running stream.
 pub const PINNED_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
      -c extra_float_digits=3 -c timezone=UTC -c statement_timeout=0 \

@@ -17,7 +17,8 @@ use crate::stream::{ReplicationStream, StartOptions};
 use crate::wire::{server_error, Backend, Wire};
 
 /// What IDENTIFY_SYSTEM reports. Persist `system_id` and `timeline` next to
-/// any position: if either changes, LSNs may repeat (research 5.6).
+/// any position: if either changes (a restored backup, a promoted standby),
+/// LSNs may repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemIdentity {
     /// The cluster's unique system identifier.
@@ -228,7 +229,8 @@ impl ReplicationConnection {
 
 /// The START_REPLICATION command. Options by server version: proto_version 1
 /// everywhere (we need nothing newer), `messages` from PG14 on (heartbeats
-/// and fences); never `streaming`, never `two_phase` (research rule 0.11).
+/// and fences); never `streaming`, never `two_phase` (both would deliver
+/// changes before they commit).
 fn start_command(options: &StartOptions, major: Option<u32>) -> String {
     let publications: Vec<String> = options
         .publications

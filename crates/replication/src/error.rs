@@ -59,6 +59,17 @@ pub enum ReplicationError {
     /// or a shutdown.
     #[error("replication connection closed by the server")]
     Closed,
+    /// The walsender ended the copy itself: at a shutdown it sends
+    /// CommandComplete (`WalSndDone` in walsender.c) once everything it sent
+    /// is confirmed; CopyDone ends it otherwise. Not a fault: reconnect.
+    #[error(
+        "PostgreSQL ended the replication stream (it sent {0}): the server is shutting down \
+         or restarting, or its walsender was stopped"
+    )]
+    EndedByServer(&'static str),
+    /// The stream had already ended, for the reason its consumer was given.
+    #[error("the replication stream had already ended: {0}")]
+    AlreadyEnded(String),
     /// The server answered with an ErrorResponse.
     #[error("server error: {0}")]
     Server(ServerError),
@@ -72,7 +83,7 @@ pub enum ReplicationError {
     #[error("pgoutput decode: {0}")]
     Decode(#[from] DecodeError),
     /// The slot has `two_phase = true`, so it would deliver PREPAREd changes
-    /// before they are visible (research 4.7).
+    /// before they are visible; the flag cannot be turned off again.
     #[error(
         "replication slot {slot:?} has two_phase enabled (someone started it with two_phase 'on'); \
          its changes would arrive at PREPARE time. It cannot be turned off on PostgreSQL 15-17: \
@@ -110,16 +121,29 @@ pub enum ReplicationError {
     },
     /// A publication to stream from does not exist.
     #[error(
-        "publication {publication:?} does not exist; create it (CREATE PUBLICATION ... FOR ALL TABLES \
-         or FOR TABLE ...), and note a slot created before its publication fails on the first change \
-         (research rule 0.1): re-create the slot after the publication"
+        "publication {publication:?} does not exist in this database; create it before the slot \
+         (`cm-invalidator setup` creates both in that order, or CREATE PUBLICATION ... FOR ALL \
+         TABLES / FOR TABLE ...). A slot created before its publication cannot decode changes to \
+         the published tables: drop and re-create such a slot"
     )]
     PublicationMissing {
         /// The missing publication.
         publication: String,
     },
+    /// `wal_level` is not `logical`: no logical slot can decode.
+    #[error("wal_level is {wal_level:?}, logical decoding needs 'logical': set wal_level = logical in postgresql.conf and restart PostgreSQL")]
+    WalLevelNotLogical {
+        /// The server's setting.
+        wal_level: String,
+    },
+    /// The role may not stream (neither REPLICATION nor superuser).
+    #[error("role {role:?} has neither the REPLICATION attribute nor superuser: ALTER ROLE {role} REPLICATION")]
+    NotReplicationRole {
+        /// The connected role.
+        role: String,
+    },
     /// An ordinary SQL query (slot or publication inspection) failed.
-    #[error("SQL: {0}")]
+    #[error("SQL: {}", describe_sql_error(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// The acknowledgement rule refused an ack.
     #[error(transparent)]
@@ -139,4 +163,37 @@ impl ReplicationError {
     pub fn is_slot_busy(&self) -> bool {
         self.sqlstate() == Some(SQLSTATE_OBJECT_IN_USE)
     }
+
+    /// True when the server ended the stream in an orderly way (a shutdown
+    /// or a stopped walsender), as opposed to a fault.
+    pub fn is_ended_by_server(&self) -> bool {
+        matches!(self, ReplicationError::EndedByServer(_))
+            || matches!(self.sqlstate(), Some(SQLSTATE_ADMIN_SHUTDOWN))
+    }
+}
+
+/// SQLSTATE of "terminating connection due to administrator command": a
+/// shutdown or `pg_terminate_backend`.
+pub const SQLSTATE_ADMIN_SHUTDOWN: &str = "57P01";
+
+/// One line for a failed SQL call: the server's fields as [`ServerError`]
+/// shows them, or the client error and its causes.
+fn describe_sql_error(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        let mut text = error.to_string();
+        let mut cause = std::error::Error::source(error);
+        while let Some(error) = cause {
+            text.push_str(&format!(": {error}"));
+            cause = error.source();
+        }
+        return text;
+    };
+    ServerError {
+        severity: db.severity().to_owned(),
+        code: db.code().code().to_owned(),
+        message: db.message().to_owned(),
+        detail: db.detail().map(str::to_owned),
+        hint: db.hint().map(str::to_owned),
+    }
+    .to_string()
 }

@@ -20,7 +20,7 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
-    /// Sticky two-phase flag (research 4.7).
+    /// Sticky two-phase flag: once on, it stays on.
     pub two_phase: bool,
     /// PG16+: invalidated by a conflict on a standby.
     pub conflicting: Option<bool>,
@@ -120,7 +120,8 @@ pub async fn publication_exists(
 }
 
 /// Creates a publication for all tables, publishing all four actions (the
-/// default; research rule 0.2). Create it before the slot (rule 0.1).
+/// default). Create it before the slot: a slot created before its
+/// publication cannot decode changes to the published tables.
 pub async fn create_publication_for_all_tables(
     client: &Client,
     publication: &str,
@@ -132,6 +133,53 @@ pub async fn create_publication_for_all_tables(
         ))
         .await?;
     Ok(())
+}
+
+/// What must hold before anything that depends on the slot is done:
+/// `wal_level` is `logical`, the role may stream (REPLICATION or superuser),
+/// every publication exists, and the slot, when it exists, is a pgoutput
+/// slot of this database with two_phase off. Returns the slot's row, `None`
+/// when there is no slot yet; an invalidated slot is returned as it is (the
+/// caller decides whether to re-create it).
+pub async fn check_prerequisites(
+    client: &Client,
+    slot: &SlotName,
+    publications: &[String],
+) -> Result<Option<SlotInfo>, ReplicationError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_user::text, current_database()::text,
+                    rolreplication OR rolsuper
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let wal_level: String = row.try_get(0)?;
+    if wal_level != "logical" {
+        return Err(ReplicationError::WalLevelNotLogical { wal_level });
+    }
+    let role: String = row.try_get(1)?;
+    if !row.try_get::<_, bool>(3)? {
+        return Err(ReplicationError::NotReplicationRole { role });
+    }
+    let dbname: String = row.try_get(2)?;
+    for publication in publications {
+        if !publication_exists(client, publication).await? {
+            return Err(ReplicationError::PublicationMissing {
+                publication: publication.clone(),
+            });
+        }
+    }
+    let Some(info) = slot_info(client, slot).await? else {
+        return Ok(None);
+    };
+    verify_slot_owner(slot, &info, &dbname)?;
+    if info.two_phase {
+        return Err(ReplicationError::SlotTwoPhase {
+            slot: slot.to_string(),
+        });
+    }
+    Ok(Some(info))
 }
 
 /// Everything that must hold before START_REPLICATION: the slot exists, is a
@@ -168,15 +216,7 @@ pub(crate) fn verify_slot(
     let info = info.ok_or_else(|| ReplicationError::SlotMissing {
         slot: slot.to_string(),
     })?;
-    if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(dbname) {
-        return Err(ReplicationError::SlotMismatch {
-            slot: slot.to_string(),
-            found: format!(
-                "plugin {:?}, database {:?} (connected to {dbname:?})",
-                info.plugin, info.database
-            ),
-        });
-    }
+    verify_slot_owner(slot, &info, dbname)?;
     if let Some(reason) = info.invalidation() {
         return Err(ReplicationError::SlotLost {
             slot: slot.to_string(),
@@ -194,6 +234,29 @@ pub(crate) fn verify_slot(
         });
     }
     Ok(info)
+}
+
+/// Refuses a slot of another output plugin or another database: streaming
+/// it would decode someone else's changes, or none of ours.
+fn verify_slot_owner(
+    slot: &SlotName,
+    info: &SlotInfo,
+    dbname: &str,
+) -> Result<(), ReplicationError> {
+    if info.plugin.as_deref() == Some("pgoutput") && info.database.as_deref() == Some(dbname) {
+        return Ok(());
+    }
+    let found = format!(
+        "its plugin is {}, its database {}, and this connection's database is {dbname}",
+        info.plugin.as_deref().unwrap_or("(none: a physical slot)"),
+        info.database
+            .as_deref()
+            .unwrap_or("(none: a physical slot)"),
+    );
+    Err(ReplicationError::SlotMismatch {
+        slot: slot.to_string(),
+        found,
+    })
 }
 
 /// A SQL identifier in double quotes.

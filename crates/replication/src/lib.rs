@@ -7,7 +7,7 @@
 //! authentication and [`cm_pgoutput`] for the payloads. Ordinary SQL (slot
 //! and publication inspection) goes through tokio-postgres ([`inspect`]).
 //!
-//! The rules from `research/pgoutput.md` section 0 that shape this crate:
+//! The protocol rules that shape this crate:
 //! start at `0/0`; confirm only Commit `end_lsn`s the caller finished, or a
 //! keepalive's `walEnd` once everything received before it is finished
 //! ([`AckGate`]); answer keepalives even while the
@@ -32,6 +32,9 @@ pub use ack::{AckError, AckGate};
 pub use auth::PINNED_OPTIONS;
 pub use config::{ReplicationConfig, Target, DEFAULT_APPLICATION_NAME};
 pub use connection::{CreatedSlot, ReplicationConnection, SystemIdentity, TextRow};
-pub use error::{ReplicationError, ServerError, SQLSTATE_OBJECT_IN_USE, SQLSTATE_UNDEFINED_OBJECT};
+pub use error::{
+    ReplicationError, ServerError, SQLSTATE_ADMIN_SHUTDOWN, SQLSTATE_OBJECT_IN_USE,
+    SQLSTATE_UNDEFINED_OBJECT,
+};
 pub use names::SlotName;
 pub use stream::{Acker, Progress, ReplicationStream, StartOptions, StreamEvent};

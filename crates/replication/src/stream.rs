@@ -10,7 +10,8 @@
 //!
 //! Why a task: the walsender disconnects a client that stays silent for
 //! `wal_sender_timeout`, and a silent client also delays a fast shutdown of
-//! PostgreSQL (research rules 0.9, 5.3, 5.5). The consumer may block for a
+//! PostgreSQL (the walsender waits for our confirmation of everything it
+//! sent before it exits). The consumer may block for a
 //! long time on memcached, so status updates must not depend on it: the task
 //! replies to every `replyRequested` keepalive at once and sends a status
 //! update every `status_interval`, also while the channel is full.
@@ -49,14 +50,17 @@ pub struct StartOptions {
     /// Publications whose changes we want.
     pub publications: Vec<String>,
     /// Keep `0/0`: the server then starts at the slot's `confirmed_flush_lsn`.
-    /// A higher value makes it skip every transaction committed below it
-    /// (research rule 0.7).
+    /// A higher value makes it skip every transaction committed below it.
     pub start_lsn: Lsn,
     /// How often to send a status update without being asked.
     pub status_interval: Duration,
     /// Decoded messages buffered between the socket and the consumer
     /// (rounded to whole batches of up to [`MAX_BATCH`]).
     pub channel_capacity: usize,
+    /// The highest flush position to report until [`Acker::raise_ceiling`]
+    /// lifts it; `None` (the default) for no ceiling. See the ceiling in
+    /// [`AckGate`]'s documentation.
+    pub ack_ceiling: Option<Lsn>,
 }
 
 impl StartOptions {
@@ -71,6 +75,7 @@ impl StartOptions {
             start_lsn: Lsn::INVALID,
             status_interval: Duration::from_secs(1),
             channel_capacity: 1024,
+            ack_ceiling: None,
         }
     }
 }
@@ -85,7 +90,8 @@ type Batch = Result<Vec<StreamEvent>, ReplicationError>;
 /// One decoded pgoutput message with its XLogData positions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEvent {
-    /// XLogData `dataStart`: not unique, never a resume position (research 3.4).
+    /// XLogData `dataStart`: not unique, never a resume position (BEGIN and
+    /// every row of a transaction share it).
     pub wal_start: Lsn,
     /// XLogData `walEnd`.
     pub wal_end: Lsn,
@@ -104,7 +110,10 @@ pub struct Progress {
 
 struct Shared {
     gate: Mutex<AckGate>,
+    /// Wakes the task to send a status update: the flush moved.
     acked: Notify,
+    /// Wakes [`Acker::ceiling_request`]: the ceiling holds the flush back.
+    ceiling_wanted: Notify,
 }
 
 impl Shared {
@@ -115,6 +124,13 @@ impl Shared {
         self.gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes whoever waits to raise the ceiling when it holds work back.
+    fn note_ceiling(&self, gate: &AckGate) {
+        if gate.ceiling_request().is_some() {
+            self.ceiling_wanted.notify_one();
+        }
     }
 }
 
@@ -128,7 +144,12 @@ impl Acker {
     /// The transaction ending at `end_lsn`, and every one received before
     /// it, is fully applied. See [`AckGate::commit_done`].
     pub fn commit_done(&self, end_lsn: Lsn) -> Result<Lsn, AckError> {
-        let flushed = self.shared.gate().commit_done(end_lsn)?;
+        let flushed = {
+            let mut gate = self.shared.gate();
+            let flushed = gate.commit_done(end_lsn)?;
+            self.shared.note_ceiling(&gate);
+            flushed
+        };
         self.shared.acked.notify_one();
         Ok(flushed)
     }
@@ -140,12 +161,46 @@ impl Acker {
         let (before, after) = {
             let mut gate = self.shared.gate();
             let before = gate.flush();
-            (before, gate.message_done(lsn)?)
+            let after = gate.message_done(lsn)?;
+            self.shared.note_ceiling(&gate);
+            (before, after)
         };
         if after > before {
             self.shared.acked.notify_one();
         }
         Ok(after)
+    }
+
+    /// Waits until the ceiling holds back work that is done (commits or
+    /// settled keepalives), then returns the position to raise it to: the
+    /// furthest received. Persist it, then call [`Acker::raise_ceiling`].
+    /// Waits forever on a stream started without a ceiling. Cancel-safe.
+    pub async fn ceiling_request(&self) -> Lsn {
+        loop {
+            if let Some(wanted) = self.shared.gate().ceiling_request() {
+                return wanted;
+            }
+            // notify_one keeps a permit when nobody waits, so a request
+            // made between the check above and this wait is not lost.
+            self.shared.ceiling_wanted.notified().await;
+        }
+    }
+
+    /// Lets the reported flush rise up to `ceiling`, which the caller has
+    /// persisted; a status update goes out at once when the flush moves.
+    /// Returns the flush position afterwards.
+    pub fn raise_ceiling(&self, ceiling: Lsn) -> Lsn {
+        let (before, after) = {
+            let mut gate = self.shared.gate();
+            let before = gate.flush();
+            let after = gate.raise_ceiling(ceiling);
+            self.shared.note_ceiling(&gate);
+            (before, after)
+        };
+        if after > before {
+            self.shared.acked.notify_one();
+        }
+        after
     }
 
     /// Current received and flushed positions.
@@ -170,9 +225,14 @@ pub struct ReplicationStream {
 
 impl ReplicationStream {
     pub(crate) fn spawn(wire: Wire, options: StartOptions) -> ReplicationStream {
+        let gate = match options.ack_ceiling {
+            Some(ceiling) => AckGate::with_ceiling(ceiling),
+            None => AckGate::new(),
+        };
         let shared = Arc::new(Shared {
-            gate: Mutex::new(AckGate::new()),
+            gate: Mutex::new(gate),
             acked: Notify::new(),
+            ceiling_wanted: Notify::new(),
         });
         let batches = options.channel_capacity.div_ceil(MAX_BATCH).max(1);
         let (events_tx, events) = mpsc::channel(batches);
@@ -265,9 +325,7 @@ impl Pump {
                 // result is for stop().
                 let summary = error.to_string();
                 let _ = self.events.send(Err(error)).await;
-                Err(ReplicationError::Protocol(format!(
-                    "stream ended: {summary}"
-                )))
+                Err(ReplicationError::AlreadyEnded(summary))
             }
         }
     }
@@ -327,7 +385,12 @@ impl Pump {
         let body = match backend {
             Backend::Message(Message::CopyData(body)) => body.into_bytes(),
             Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
-            Backend::Message(Message::CopyDone) => return Err(ReplicationError::Closed),
+            Backend::Message(Message::CopyDone) => {
+                return Err(ReplicationError::EndedByServer("CopyDone"))
+            }
+            Backend::Message(Message::CommandComplete(_)) => {
+                return Err(ReplicationError::EndedByServer("CommandComplete"))
+            }
             Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {
                 return Ok(None)
             }
@@ -339,7 +402,11 @@ impl Pump {
         };
         match ReplicationMessage::parse(body)? {
             ReplicationMessage::PrimaryKeepalive(keepalive) => {
-                self.shared.gate().keepalive(keepalive.wal_end);
+                {
+                    let mut gate = self.shared.gate();
+                    gate.keepalive(keepalive.wal_end);
+                    self.shared.note_ceiling(&gate);
+                }
                 if keepalive.reply_requested {
                     self.send_status().await?;
                 }
@@ -442,7 +509,7 @@ impl Pump {
 }
 
 /// We never ask for streaming or two-phase; if such messages arrive anyway
-/// (a slot whose two_phase was flipped, research 4.7), stop rather than
+/// (a slot whose two_phase was flipped), stop rather than
 /// apply changes at PREPARE time or skip them.
 fn reject_unnegotiated(message: &LogicalMessage) -> Result<(), ReplicationError> {
     match message {

@@ -262,3 +262,72 @@ async fn a_quiet_slot_confirms_past_wal_it_is_never_sent() {
     stop.send(()).unwrap();
     consumer.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_ceiling_holds_every_confirmation_until_raised_keepalives_included() {
+    let pg = TestPostgres::start().unwrap();
+    let slot = setup(&pg).await;
+    let client = sql(&pg).await;
+    let confirmed = || async {
+        inspect::slot_info(&client, &slot)
+            .await
+            .unwrap()
+            .unwrap()
+            .confirmed_flush_lsn
+            .unwrap()
+    };
+    let start_position = confirmed().await;
+    pg.psql("INSERT INTO item VALUES (1, 'held'); INSERT INTO mark VALUES (1);")
+        .unwrap();
+    let conn = ReplicationConnection::connect(&config(&pg)).await.unwrap();
+    let mut options = StartOptions::new(slot.clone(), [PUBLICATION]);
+    options.status_interval = Duration::from_millis(20);
+    options.ack_ceiling = Some(Lsn::INVALID);
+    let mut stream = conn.start_replication(options).await.unwrap();
+    let (_, marker_end) = read_until_marker(&mut stream, 1, None).await;
+    let acker = stream.acker();
+    acker.commit_done(marker_end).unwrap();
+
+    // Done, but held at the ceiling: nothing reaches the slot.
+    let wanted = acker.ceiling_request().await;
+    assert!(wanted >= marker_end, "asks for everything received");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(confirmed().await, start_position);
+
+    // Raised: the commit is confirmed. Then only keepalives (WAL the slot
+    // is never sent) move the done position; each waits for a raise too.
+    acker.raise_ceiling(marker_end);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while confirmed().await < marker_end {
+        assert!(Instant::now() < deadline, "raised ceiling never confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unsent_wal =
+        "BEGIN; INSERT INTO item SELECT g, 'x' FROM generate_series(10, 100) g; ROLLBACK;
+        SELECT pg_current_wal_lsn();";
+    let target: Lsn = pg.psql(unsent_wal).unwrap().trim().parse().unwrap();
+    let keeper_acker = acker.clone();
+    let keeper = tokio::spawn(async move {
+        loop {
+            let wanted = keeper_acker.ceiling_request().await;
+            keeper_acker.raise_ceiling(wanted);
+        }
+    });
+    let reader = tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            event.unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while confirmed().await < target {
+        assert!(
+            Instant::now() < deadline,
+            "keepalive never confirmed past {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pg.psql(unsent_wal).unwrap();
+    }
+    assert!(acker.progress().flushed >= target);
+    keeper.abort();
+    reader.abort();
+}
