@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use crate::closure::{self, Dependencies, NotCacheable};
 use crate::error::ReaderError;
+use crate::settings::{self, SessionSettings};
 use crate::sql::{self, Filter, SqlShape};
 
 /// Why a statement's results are never cached.
@@ -38,6 +39,9 @@ pub(crate) enum Uncacheable {
 pub(crate) struct StatementInfo {
     /// The parameter types PostgreSQL inferred.
     pub(crate) param_types: Vec<Type>,
+    /// The session state of the connection that learned it, recorded with
+    /// every result (`None`: the answer could not be read).
+    pub(crate) settings: Option<SessionSettings>,
     /// `Ok` with what it reads, or why the statement is read through.
     pub(crate) reads: Result<Reads, Uncacheable>,
     /// The schema model it was learned with (key derivation must use the
@@ -103,9 +107,9 @@ impl StatementCache {
             .clear();
     }
 
-    /// Learns a statement (prepare + the closure query) under `model` and
-    /// `schema_version`, keeping it unless the lookup failed.
-    /// `NotASelect` for anything but a read.
+    /// Learns a statement (prepare, the session settings pipelined with it,
+    /// and the closure query) under `model` and `schema_version`, keeping it
+    /// unless the lookup failed. `NotASelect` for anything but a read.
     pub(crate) async fn learn(
         &self,
         client: &Client,
@@ -116,7 +120,8 @@ impl StatementCache {
         sql: &str,
     ) -> Result<Arc<StatementInfo>, ReaderError> {
         let shape = sql::analyse(sql).map_err(|reason| ReaderError::NotASelect { reason })?;
-        let statement = client.prepare(sql).await?;
+        let (statement, settings) = tokio::join!(client.prepare(sql), settings::read(client));
+        let (statement, settings) = (statement?, settings?);
         let param_types = statement.params().to_vec();
         let reads = match (shape, schema_version) {
             (SqlShape::ReadThrough(why), _) => Err(Uncacheable::Text(why)),
@@ -146,6 +151,7 @@ impl StatementCache {
         );
         let info = Arc::new(StatementInfo {
             param_types,
+            settings,
             reads,
             model,
             schema_version,
