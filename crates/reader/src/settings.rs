@@ -53,6 +53,27 @@ pub(crate) struct SessionSettings {
 }
 
 impl SessionSettings {
+    /// Every setting but the role, as `set_config()` names them.
+    pub(crate) fn gucs(&self) -> [(&'static str, &str); 12] {
+        [
+            ("search_path", &self.search_path),
+            ("TimeZone", &self.time_zone),
+            ("DateStyle", &self.date_style),
+            ("IntervalStyle", &self.interval_style),
+            ("extra_float_digits", &self.extra_float_digits),
+            ("lc_monetary", &self.lc_monetary),
+            ("lc_numeric", &self.lc_numeric),
+            ("lc_time", &self.lc_time),
+            (
+                "default_text_search_config",
+                &self.default_text_search_config,
+            ),
+            ("bytea_output", &self.bytea_output),
+            ("xmloption", &self.xmloption),
+            ("row_security", &self.row_security),
+        ]
+    }
+
     /// Builds the settings from [`READ_SETTINGS`]' one row of text values;
     /// `None` when it is not thirteen non-NULL values.
     fn from_values<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Option<Self> {
@@ -109,8 +130,8 @@ mod tests {
         let settings = SessionSettings::from_values(values.iter().map(|v| Some(v.as_str())));
         let settings = settings.unwrap_or_else(|| panic!("thirteen values"));
         assert_eq!(settings.role, "v0");
-        assert_eq!(settings.search_path, "v1");
-        assert_eq!(settings.row_security, "v12");
+        assert_eq!(settings.gucs()[0], ("search_path", "v1"));
+        assert_eq!(settings.gucs()[11], ("row_security", "v12"));
         assert!(
             SessionSettings::from_values(values[..12].iter().map(|v| Some(v.as_str()))).is_none()
         );
