@@ -57,13 +57,15 @@ pub fn render_report(report: &InspectionReport) -> String {
     let _ = writeln!(
         out,
         "skipped      {} (not cached {}, not servable {}, not row sets {}, unreadable {}, \
-         changed during check {})",
+         changed during check {}, role not assumable {}, not sampled {})",
         report.skipped,
         s.not_cached,
         s.not_servable,
         s.not_rows,
         s.unreadable,
-        s.changed_during_check
+        s.changed_during_check,
+        s.role_not_assumable,
+        s.not_sampled
     );
     let _ = writeln!(out, "stale        {}", report.stale.len());
     let _ = writeln!(out, "failed       {}", report.failed.len());
@@ -72,6 +74,9 @@ pub fn render_report(report: &InspectionReport) -> String {
         let _ = writeln!(out, "  sql        {}", one_line(&stale.sql));
         if !stale.namespace.is_empty() {
             let _ = writeln!(out, "  namespace  {:?}", stale.namespace);
+        }
+        if !stale.session.is_empty() {
+            let _ = writeln!(out, "  session    {}", session_line(&stale.session));
         }
         for (i, param) in stale.params.iter().enumerate() {
             let _ = writeln!(
@@ -95,6 +100,22 @@ pub fn render_report(report: &InspectionReport) -> String {
     out
 }
 
+/// `name=value` pairs, values quoted only when they hold a space, comma or
+/// quote (`search_path` usually does).
+fn session_line(session: &[(String, String)]) -> String {
+    session
+        .iter()
+        .map(|(name, value)| {
+            if value.is_empty() || value.contains([' ', ',', '"', '\'']) {
+                format!("{name}={value:?}")
+            } else {
+                format!("{name}={value}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn one_line(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -105,7 +126,7 @@ mod tests {
     use cm_reader::inspect::{ReportParam, StaleEntry};
 
     #[test]
-    fn stale_entries_show_key_sql_params_and_diff() {
+    fn stale_entries_show_key_sql_params_session_and_diff() {
         let report = InspectionReport {
             fence_lsn: "0/16B3748".into(),
             registered: 3,
@@ -119,6 +140,11 @@ mod tests {
                     type_oid: 23,
                     hex: Some("0000000a".into()),
                 }],
+                session: vec![
+                    ("role".into(), "app".into()),
+                    ("search_path".into(), "shelf, public".into()),
+                    ("TimeZone".into(), "Asia/Tokyo".into()),
+                ],
                 diff: "cached 1 rows, database 0 rows".into(),
             }],
             ..InspectionReport::default()
@@ -131,6 +157,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("$1         oid 23 \\x0000000a"), "{text}");
+        assert!(
+            text.contains("session    role=app search_path=\"shelf, public\" TimeZone=Asia/Tokyo"),
+            "{text}"
+        );
         assert!(text.contains("diff       cached 1 rows"), "{text}");
     }
 }

@@ -363,15 +363,15 @@ impl QueryCache {
             check_heartbeat: true,
             ttl: self.options.result_ttl(options),
             schema_version: info.schema_version,
-            miss: Box::new(move || self.miss_parts(model, reads, options, kind, sql, &params)),
+            miss: Box::new(move || self.miss_parts(info, reads, options, kind, sql, &params)),
         })
     }
 
     /// What a miss of one execution registers and records: the pre-query
-    /// flush lists and the source.
+    /// flush lists and the source. `reads` are `info`'s.
     fn miss_parts(
         &self,
-        model: &SchemaModel,
+        info: &StatementInfo,
         reads: &Reads,
         options: &QueryOptions,
         kind: &str,
@@ -381,7 +381,7 @@ impl QueryCache {
         MissParts {
             pre_query: dependencies::pre_query_keys(
                 &self.space,
-                model,
+                &info.model,
                 reads,
                 &options.extra_tables,
                 params,
@@ -399,6 +399,7 @@ impl QueryCache {
                         bytes: p.bytes.clone().map(serde_bytes::ByteBuf::from),
                     })
                     .collect(),
+                settings: info.settings.clone(),
             }),
         }
     }

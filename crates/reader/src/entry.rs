@@ -8,12 +8,19 @@
 //! from one statement (`QueryCache::cached`, `cached_with`). Entries of
 //! version 1 read as misses and are refilled.
 //!
+//! Still version 2, `source` later gained a fifth element, `settings` (the
+//! session state the statement ran under, [`SessionSettings`]): a source of
+//! four elements decodes with no settings, and the hit path skips the
+//! source whole, so entries written before and after decode alike.
+//!
 //! A hit is valid only while the epoch and every generation recorded here
 //! equal the ones read in the same multi-get; a generation key recorded here
 //! but not read (or read as missing) fails the check.
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
+
+use crate::settings::SessionSettings;
 
 /// Bumped when the layout changes: an entry of another version is a miss.
 const ENTRY_VERSION: u8 = 2;
@@ -49,6 +56,11 @@ pub(crate) struct Source {
     pub(crate) sql: String,
     /// The parameters with the types the statement was prepared with.
     pub(crate) params: Vec<SourceParam>,
+    /// The session state of the reader that learned the statement; `None`
+    /// in entries written before it was recorded (their source has four
+    /// elements: `default` fills this one in).
+    #[serde(default)]
+    pub(crate) settings: Option<SessionSettings>,
 }
 
 /// One cached value.
@@ -118,6 +130,24 @@ pub(crate) fn decode<P: DeserializeOwned>(bytes: &[u8]) -> Option<Entry<P>> {
 mod tests {
     use super::*;
 
+    fn tokyo() -> SessionSettings {
+        SessionSettings {
+            role: "reader".into(),
+            search_path: "shelf, public".into(),
+            time_zone: "Asia/Tokyo".into(),
+            date_style: "ISO, MDY".into(),
+            interval_style: "postgres".into(),
+            extra_float_digits: "1".into(),
+            lc_monetary: "C".into(),
+            lc_numeric: "C".into(),
+            lc_time: "C".into(),
+            default_text_search_config: "pg_catalog.simple".into(),
+            bytea_output: "hex".into(),
+            xmloption: "content".into(),
+            row_security: "on".into(),
+        }
+    }
+
     #[test]
     fn entry_round_trips_and_other_versions_are_refused() {
         let snapshot = Snapshot {
@@ -138,6 +168,7 @@ mod tests {
                     bytes: None,
                 },
             ],
+            settings: Some(tokyo()),
         };
         let bytes = encode(&snapshot, Some(&source), &vec![1i64, 2]).unwrap();
         let entry: Entry<Vec<i64>> = decode(&bytes).unwrap();
@@ -174,6 +205,7 @@ mod tests {
             namespace: String::new(),
             sql: "SELECT 1".into(),
             params: Vec::new(),
+            settings: Some(tokyo()),
         };
         for source in [None, Some(&source)] {
             let bytes = encode(&snapshot, source, &vec![5u32, 6]).unwrap();
@@ -182,5 +214,46 @@ mod tests {
             assert_eq!(hit.snapshot.generations, vec![("p:g:a", 1), ("p:g:b", 2)]);
             assert_eq!(hit.payload, vec![5, 6]);
         }
+    }
+
+    #[test]
+    fn a_source_stored_before_settings_were_recorded_decodes_without_them() {
+        let snapshot = Snapshot {
+            epoch: 1,
+            generations: vec![("p:g:1".into(), 2)],
+        };
+        // The version 2 layout as it was written before `settings`: the
+        // source an array of four elements.
+        let params: Vec<SourceParam> = Vec::new();
+        let old_source = (ROWS_KIND, "fr", "SELECT 1", &params);
+        let old = rmp_serde::to_vec(&(ENTRY_VERSION, &snapshot, Some(old_source), 5u8)).unwrap();
+        let entry: Entry<u8> = decode(&old).unwrap();
+        let source = entry.source.unwrap();
+        assert_eq!(
+            (source.namespace.as_str(), source.sql.as_str()),
+            ("fr", "SELECT 1")
+        );
+        assert_eq!(source.settings, None);
+        assert_eq!(entry.payload, 5);
+        assert_eq!(decode_hit::<u8>(&old).unwrap().payload, 5);
+    }
+
+    #[test]
+    fn settings_are_the_fifth_element_of_the_stored_source() {
+        let source = Source {
+            kind: ROWS_KIND.into(),
+            namespace: String::new(),
+            sql: "SELECT 1".into(),
+            params: Vec::new(),
+            settings: Some(tokyo()),
+        };
+        let bytes = rmp_serde::to_vec(&source).unwrap();
+        let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        let elements = value.as_array().unwrap();
+        assert_eq!(elements.len(), 5);
+        let settings = elements[4].as_array().unwrap();
+        assert_eq!(settings.len(), 13);
+        assert_eq!(settings[0].as_str(), Some("reader"));
+        assert_eq!(settings[2].as_str(), Some("Asia/Tokyo"));
     }
 }

@@ -65,6 +65,7 @@ mod packed;
 mod plan;
 mod registry;
 mod row;
+mod settings;
 mod sql;
 
 pub use cache::{ObjectRef, QueryCache};

@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 
 use crate::closure::{self, Dependencies, NotCacheable};
 use crate::error::ReaderError;
+use crate::settings::{self, SessionSettings};
 use crate::sql::{self, Filter, SqlShape};
 
 /// The error for a text that is not one read: the database's own syntax
@@ -52,6 +53,9 @@ pub(crate) enum Uncacheable {
 pub(crate) struct StatementInfo {
     /// The parameter types PostgreSQL inferred.
     pub(crate) param_types: Vec<Type>,
+    /// The session state of the connection that learned it, recorded with
+    /// every result (`None`: the answer could not be read).
+    pub(crate) settings: Option<SessionSettings>,
     /// `Ok` with what it reads, or why the statement is read through.
     pub(crate) reads: Result<Reads, Uncacheable>,
     /// The schema model it was learned with (key derivation must use the
@@ -133,9 +137,9 @@ impl StatementCache {
             .clear();
     }
 
-    /// Learns a statement (prepare + the closure query) under `model` and
-    /// `schema_version`, keeping it unless the lookup failed.
-    /// `NotASelect` for anything but a read.
+    /// Learns a statement (prepare, the session settings pipelined with it,
+    /// and the closure query) under `model` and `schema_version`, keeping it
+    /// unless the lookup failed. `NotASelect` for anything but a read.
     pub(crate) async fn learn(
         &self,
         client: &Client,
@@ -149,7 +153,8 @@ impl StatementCache {
             Ok(shape) => shape,
             Err(reason) => return Err(not_a_read(client, sql, reason).await),
         };
-        let statement = client.prepare(sql).await?;
+        let (statement, settings) = tokio::join!(client.prepare(sql), settings::read(client));
+        let (statement, settings) = (statement?, settings?);
         let param_types = statement.params().to_vec();
         let reads = match (shape, schema_version) {
             (SqlShape::ReadThrough(why), _) => Err(Uncacheable::Text(why)),
@@ -179,6 +184,7 @@ impl StatementCache {
         );
         let info = Arc::new(StatementInfo {
             param_types,
+            settings,
             reads,
             model,
             schema_version,

@@ -9,10 +9,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cm_keys::Heartbeat;
 use cm_reader::inspect::{inspect, inspect_with, InspectError, InspectOptions};
-use cm_reader::ReaderOptions;
+use cm_reader::{QueryOptions, ReaderOptions};
 use common::{connect, Harness, MAPPING, SCHEMA};
+use tokio_postgres::Client;
 
 const BY_AUTHOR: &str = "SELECT id, title FROM book WHERE author_id = $1 ORDER BY id";
+
+/// The same table name in two schemas, with different rows: which one a
+/// statement reads depends on the `search_path`.
+const EVENTS: &str = "
+CREATE SCHEMA shelf;
+CREATE TABLE shelf.event (id int PRIMARY KEY, at timestamptz NOT NULL, label text NOT NULL);
+CREATE TABLE public.event (id int PRIMARY KEY, at timestamptz NOT NULL, label text NOT NULL);
+INSERT INTO shelf.event VALUES (1, '2024-01-01 00:00:00+00', 'on the shelf');
+INSERT INTO public.event VALUES (1, '2024-01-01 00:00:00+00', 'in public');
+";
+
+/// A `timestamptz` as text: the session's `TimeZone` decides it.
+const EVENTS_AT: &str = "SELECT id, at::text AS at, label FROM event ORDER BY id";
+
+/// Notes that row-level security shows only to their owner.
+const NOTES: &str = "
+CREATE TABLE note (id int PRIMARY KEY, owner text NOT NULL, body text NOT NULL);
+ALTER TABLE note ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_notes ON note USING (owner = current_user);
+";
 
 /// Stands in for the invalidator having applied every fence: a fresh
 /// heartbeat at the highest LSN.
@@ -129,4 +150,177 @@ async fn the_fence_times_out_naming_the_heartbeat_and_the_registry_can_be_off() 
     applied_everything(&h).await;
     let report = inspect(&admin, &h.cache, None).await.unwrap();
     assert_eq!((report.registered, report.checked), (0, 0), "{report:?}");
+}
+
+/// A harness whose reader session runs with `TimeZone = 'Asia/Tokyo'` and
+/// `search_path = shelf, public`, and has filled [`EVENTS_AT`] under them.
+async fn filled_in_tokyo_on_the_shelf() -> Harness {
+    let schema = format!("{SCHEMA}{EVENTS}");
+    let h = Harness::with(&schema, MAPPING, None, ReaderOptions::default()).await;
+    h.client
+        .client()
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'; SET search_path = shelf, public")
+        .await
+        .unwrap();
+    let rows = h
+        .client
+        .with(QueryOptions::new().namespace("tokyo-shelf"))
+        .query(EVENTS_AT, &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<&str>("at"), "2024-01-01 09:00:00+09");
+    assert_eq!(rows[0].get::<&str>("label"), "on the shelf");
+    h
+}
+
+/// A checker connection in UTC on the default search path.
+async fn checker_in_utc(h: &Harness) -> Client {
+    let admin = connect(&h.pg.url()).await;
+    admin
+        .batch_execute("SET TimeZone = 'UTC'; RESET search_path")
+        .await
+        .unwrap();
+    admin
+}
+
+async fn show(client: &Client, setting: &str) -> String {
+    client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_filled_under_another_time_zone_and_search_path_is_not_reported_stale() {
+    let h = filled_in_tokyo_on_the_shelf().await;
+    let admin = checker_in_utc(&h).await;
+    applied_everything(&h).await;
+
+    let report = inspect(&admin, &h.cache, None).await.unwrap();
+    assert_eq!((report.registered, report.checked), (1, 1), "{report:?}");
+    assert!(!report.has_stale(), "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    // The replayed settings ended with the check's transaction.
+    assert_eq!(show(&admin, "TimeZone").await, "UTC");
+    assert_eq!(show(&admin, "search_path").await, "\"$user\", public");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_result_filled_under_another_time_zone_and_search_path_is_reported() {
+    let h = filled_in_tokyo_on_the_shelf().await;
+    let admin = checker_in_utc(&h).await;
+    applied_everything(&h).await;
+
+    // The table of the checker's own path changed, not the one the result
+    // was read from: nothing is stale.
+    h.psql("UPDATE public.event SET label = 'elsewhere';");
+    let report = inspect(&admin, &h.cache, None).await.unwrap();
+    assert_eq!(report.checked, 1, "{report:?}");
+    assert!(!report.has_stale(), "{report:?}");
+
+    // Written, never invalidated.
+    h.psql("UPDATE shelf.event SET label = 'moved';");
+    let report = inspect(&admin, &h.cache, None).await.unwrap();
+    assert_eq!(report.stale.len(), 1, "{report:?}");
+    let stale = &report.stale[0];
+    assert_eq!(
+        (stale.sql.as_str(), stale.namespace.as_str()),
+        (EVENTS_AT, "tokyo-shelf")
+    );
+    assert!(
+        stale
+            .diff
+            .ends_with("database (1, \"2024-01-01 09:00:00+09\", \"moved\")"),
+        "{}",
+        stale.diff
+    );
+    assert!(
+        stale
+            .session
+            .contains(&("TimeZone".to_owned(), "Asia/Tokyo".to_owned())),
+        "{stale:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_filled_under_another_role_is_checked_as_that_role_or_skipped_when_it_cannot_be_assumed(
+) {
+    let schema = format!("{SCHEMA}{NOTES}");
+    let h = Harness::with(&schema, MAPPING, None, ReaderOptions::default()).await;
+    let reader = h.pg.unique_name("reader");
+    let outsider = h.pg.unique_name("outsider");
+    h.psql(&format!(
+        "CREATE ROLE {reader}; GRANT SELECT ON note TO {reader};
+         CREATE ROLE {outsider} LOGIN; GRANT SELECT ON note TO {outsider};
+         INSERT INTO note VALUES (1, '{reader}', 'mine'), (2, 'someone', 'theirs');"
+    ));
+    h.client
+        .client()
+        .batch_execute(&format!("SET ROLE {reader}"))
+        .await
+        .unwrap();
+    let notes = "SELECT id, body FROM note ORDER BY id";
+    let rows = h.client.query(notes, &[]).await.unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "row-level security shows the reader its own note"
+    );
+    applied_everything(&h).await;
+
+    // A superuser bypasses row-level security, so only as the reader's role
+    // does the check see the same single note.
+    let superuser = connect(&h.pg.url()).await;
+    let report = inspect(&superuser, &h.cache, None).await.unwrap();
+    assert_eq!((report.registered, report.checked), (1, 1), "{report:?}");
+    assert!(!report.has_stale(), "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+
+    // A checker that is not a member of the role skips the result.
+    let url = format!(
+        "postgres://{outsider}@{}:{}/{}",
+        h.pg.host(),
+        h.pg.port(),
+        h.pg.dbname()
+    );
+    let outsider_client = connect(&url).await;
+    let report = inspect(&outsider_client, &h.cache, None).await.unwrap();
+    assert_eq!(report.checked, 0, "{report:?}");
+    assert_eq!(report.skipped_by_reason.role_not_assumable, 1, "{report:?}");
+    assert_eq!(report.skipped, 1, "{report:?}");
+    assert!(!report.has_stale(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_registered_result_is_checked_or_skipped_for_a_named_reason() {
+    let h = Harness::start().await;
+    for author in 1..=3i32 {
+        h.client.query(BY_AUTHOR, &[&author]).await.unwrap();
+    }
+    h.client
+        .query_as("SELECT id FROM author", &[], |row| row.try_get::<_, i32>(0))
+        .await
+        .unwrap();
+    let admin = connect(&h.pg.url()).await;
+    applied_everything(&h).await;
+
+    let report = inspect(&admin, &h.cache, Some(1)).await.unwrap();
+    assert_eq!(report.registered, 4, "{report:?}");
+    assert_eq!(report.checked, 1, "{report:?}");
+    assert_eq!(report.skipped_by_reason.not_rows, 1, "{report:?}");
+    assert_eq!(report.skipped_by_reason.not_sampled, 2, "{report:?}");
+    assert_eq!(
+        report.registered,
+        report.checked + report.skipped,
+        "{report:?}"
+    );
+
+    let report = inspect(&admin, &h.cache, None).await.unwrap();
+    assert_eq!(report.checked, 3, "{report:?}");
+    assert_eq!(
+        report.registered,
+        report.checked + report.skipped,
+        "{report:?}"
+    );
 }

@@ -5,30 +5,55 @@
 //!    invalidator's heartbeat has passed it, so every write committed before
 //!    the check has been invalidated.
 //! 2. A `REPEATABLE READ READ ONLY` transaction, whose snapshot is taken
-//!    right after the fence.
+//!    right after the fence (`inspect/session.rs`).
 //! 3. The inspection registry ([`crate::ReaderOptions::inspection_registry`])
 //!    lists the `q:` keys stored during the last flush-list TTL; each result
 //!    still cached and that a reader would serve (epoch and generations
 //!    equal the current ones: the hit path's rule) is re-run with its
 //!    recorded statement and parameters and compared byte for byte.
-//! 4. A result that differs is looked at again after a second fence, in a
+//! 4. Each statement runs under the session state its fill recorded: the
+//!    reader's `search_path`, `TimeZone`, `DateStyle`, `IntervalStyle`,
+//!    `extra_float_digits`, `lc_monetary`, `lc_numeric`, `lc_time`,
+//!    `default_text_search_config`, `bytea_output`, `xmloption` and
+//!    `row_security` are set locally in the snapshot, and its
+//!    `current_user` assumed with `SET ROLE` when it is not the checker's
+//!    (so privileges and row-level security policies apply as they did). A
+//!    savepoint set after the snapshot is rolled back to between results of
+//!    different sessions, restoring the checker's own settings. A result
+//!    filled as a role the checker's session user cannot assume is skipped
+//!    (`role_not_assumable`) rather than compared as another role; results
+//!    filled before readers recorded their settings run in the checker's
+//!    own session.
+//! 5. A result that differs is looked at again after a second fence, in a
 //!    new snapshot: only if it is still cached with the same bytes, still
 //!    servable and still different is it reported stale. That keeps writes
 //!    made during the check (invalidated a moment later) from being reported.
 //!
+//! Coverage: every registered key is either checked or counted under one
+//! reason in [`SkipCounts`] (`registered == checked + skipped`): not cached,
+//! not servable, not a row set, unreadable, changed during the check, role
+//! not assumable, or past the `sample`. `query_as` results are not row sets:
+//! the cached value is what the caller's closure made of the rows, and the
+//! checker has neither the closure nor the rows, so it has nothing to
+//! compare (`cached`/`cached_with` values have no statement and are not
+//! registered at all).
+//!
 //! Limits: the registry is bounded (see `ReaderOptions::inspection_registry`),
-//! so a check may not see every cached result. The namespace is reported
-//! but the session state it stands for (search path, role, time zone) is
-//! not reproduced: the checker's connection must match the readers'.
-//! Statements that are not deterministic (`now()`, `random()`, `LIMIT`
-//! without a total `ORDER BY`) can be reported stale when they are not.
-//! `query_as` results and `cached`/`cached_with` values are skipped.
+//! so a check may not see every cached result. A reader records the session
+//! state of the connection that learned a statement (once per statement
+//! text and namespace per process), so sessions that share a namespace must
+//! share that state, as the reader requires anyway. Other session state
+//! (custom settings read by `current_setting()`, temporary tables) is not
+//! reproduced. Statements that are not deterministic (`now()`, `random()`,
+//! `LIMIT` without a total `ORDER BY`) can be reported stale when they are
+//! not.
 
 mod compare;
 mod error;
 mod fence;
 mod params;
 mod report;
+mod session;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -44,7 +69,9 @@ use crate::cache::QueryCache;
 use crate::entry::{self, Entry, Source, ROWS_KIND};
 use crate::fill::{generation, servable};
 use crate::row::RowSet;
+use crate::settings::SessionSettings;
 use params::RecordedParam;
+use session::{Entered, Replay};
 
 /// Results read from the cache per multi-get.
 const CHUNK: usize = 64;
@@ -112,6 +139,11 @@ impl Candidate {
     fn source(&self) -> Option<&Source> {
         self.entry.source.as_ref()
     }
+
+    /// The reader's session state, if its fill recorded it.
+    fn settings(&self) -> Option<&SessionSettings> {
+        self.source().and_then(|s| s.settings.as_ref())
+    }
 }
 
 /// What comparing one result found.
@@ -119,6 +151,8 @@ enum Verdict {
     Fresh,
     Differs(String),
     Failed(String),
+    /// Not compared: filled as a role the checker may not `SET ROLE` to.
+    RoleNotAssumable,
 }
 
 async fn run(
@@ -127,6 +161,7 @@ async fn run(
     options: &InspectOptions,
 ) -> Result<InspectionReport, InspectError> {
     fence::check_server(client).await?;
+    let mut replay = Replay::new(client).await?;
     let fence_lsn = fence_and_wait(client, cache, options).await?;
     let mut keys = cache.registered().await?;
     let mut report = InspectionReport {
@@ -138,27 +173,11 @@ async fn run(
         shuffle(&mut keys);
     }
     let limit = options.sample.unwrap_or(usize::MAX);
-    let mut suspects = Vec::new();
-    begin(client).await?;
-    'chunks: for chunk in keys.chunks(CHUNK) {
-        for candidate in servable_results(cache, chunk, &mut report.skipped_by_reason).await? {
-            if report.checked >= limit {
-                break 'chunks;
-            }
-            report.checked += 1;
-            match check(client, &candidate).await? {
-                Verdict::Fresh => {}
-                Verdict::Differs(diff) => suspects.push((candidate, diff)),
-                Verdict::Failed(error) => report.failed.push(failed(&candidate, error)),
-            }
-        }
-        if report.checked >= limit {
-            break;
-        }
-    }
+    replay.begin(client).await?;
+    let mut suspects = first_look(client, &mut replay, cache, &keys, limit, &mut report).await?;
     client.batch_execute("ROLLBACK").await?;
     if options.confirm && !suspects.is_empty() {
-        suspects = confirm(client, cache, options, suspects, &mut report).await?;
+        suspects = confirm(client, &mut replay, cache, options, suspects, &mut report).await?;
     }
     report.stale = suspects
         .into_iter()
@@ -168,16 +187,58 @@ async fn run(
     Ok(report)
 }
 
+/// Checks the servable results among `keys`, at most `limit` of them, in
+/// the open transaction; returns those that differ. Every key ends up
+/// checked or counted under a skip reason.
+async fn first_look(
+    client: &Client,
+    replay: &mut Replay,
+    cache: &QueryCache,
+    keys: &[String],
+    limit: usize,
+    report: &mut InspectionReport,
+) -> Result<Vec<(Candidate, String)>, InspectError> {
+    let mut suspects = Vec::new();
+    let mut chunks = keys.chunks(CHUNK);
+    for chunk in chunks.by_ref() {
+        let mut candidates = servable_results(cache, chunk, &mut report.skipped_by_reason).await?;
+        // Results of one session in a row: fewer settings switches.
+        candidates.sort_by(|a, b| a.settings().cmp(&b.settings()));
+        for candidate in candidates {
+            if report.checked >= limit {
+                report.skipped_by_reason.not_sampled += 1;
+                continue;
+            }
+            match check(client, replay, &candidate).await? {
+                Verdict::RoleNotAssumable => {
+                    report.skipped_by_reason.role_not_assumable += 1;
+                    continue;
+                }
+                Verdict::Fresh => {}
+                Verdict::Differs(diff) => suspects.push((candidate, diff)),
+                Verdict::Failed(error) => report.failed.push(failed(&candidate, error)),
+            }
+            report.checked += 1;
+        }
+        if report.checked >= limit {
+            break;
+        }
+    }
+    report.skipped_by_reason.not_sampled += chunks.map(<[String]>::len).sum::<usize>();
+    Ok(suspects)
+}
+
 /// The second look at differing results; returns those still stale.
 async fn confirm(
     client: &Client,
+    replay: &mut Replay,
     cache: &QueryCache,
     options: &InspectOptions,
     suspects: Vec<(Candidate, String)>,
     report: &mut InspectionReport,
 ) -> Result<Vec<(Candidate, String)>, InspectError> {
     fence_and_wait(client, cache, options).await?;
-    begin(client).await?;
+    replay.begin(client).await?;
     let mut still = Vec::new();
     for (first, _) in suspects {
         let mut skips = SkipCounts::default();
@@ -187,10 +248,14 @@ async fn confirm(
             report.skipped_by_reason.changed_during_check += 1;
             continue;
         };
-        match check(client, &candidate).await? {
+        match check(client, replay, &candidate).await? {
             Verdict::Fresh => {
                 report.checked -= 1;
                 report.skipped_by_reason.changed_during_check += 1;
+            }
+            Verdict::RoleNotAssumable => {
+                report.checked -= 1;
+                report.skipped_by_reason.role_not_assumable += 1;
             }
             Verdict::Differs(diff) => still.push((candidate, diff)),
             Verdict::Failed(error) => report.failed.push(failed(&candidate, error)),
@@ -208,13 +273,6 @@ async fn fence_and_wait(
     let lsn = fence::emit(client, cache).await?;
     fence::wait_applied(cache, lsn, options.fence_timeout).await?;
     Ok(fence::format_lsn(lsn))
-}
-
-/// Opens the read-only repeatable-read transaction and takes its snapshot.
-async fn begin(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
-        .await
 }
 
 /// The results among `keys` that a reader would serve now, counting the
@@ -288,13 +346,23 @@ async fn servable_results(
     Ok(out)
 }
 
-/// Re-runs a result's statement in the open transaction and compares. A
-/// failing statement aborts the transaction: it is rolled back and a new
-/// one begun (its snapshot is still after the fence).
-async fn check(client: &Client, candidate: &Candidate) -> Result<Verdict, InspectError> {
+/// Re-runs a result's statement in the open transaction, under the session
+/// settings its fill recorded (the checker's own when it recorded none),
+/// and compares. A failing statement is rolled back to the savepoint, which
+/// keeps the transaction's snapshot.
+async fn check(
+    client: &Client,
+    replay: &mut Replay,
+    candidate: &Candidate,
+) -> Result<Verdict, InspectError> {
     let Some(source) = candidate.source() else {
         return Ok(Verdict::Failed("no recorded statement".into()));
     };
+    match replay.enter(client, candidate.settings()).await? {
+        Entered::Ready => {}
+        Entered::RoleNotAssumable => return Ok(Verdict::RoleNotAssumable),
+        Entered::Refused(error) => return Ok(Verdict::Failed(error)),
+    }
     match rerun(client, source).await {
         Ok(fresh) => Ok(
             match compare::diff(&source.sql, &candidate.entry.payload, &fresh) {
@@ -303,8 +371,7 @@ async fn check(client: &Client, candidate: &Candidate) -> Result<Verdict, Inspec
             },
         ),
         Err(error) => {
-            client.batch_execute("ROLLBACK").await?;
-            begin(client).await?;
+            replay.recover(client).await?;
             Ok(Verdict::Failed(error.to_string()))
         }
     }
@@ -342,6 +409,7 @@ fn stale(candidate: &Candidate, diff: String) -> StaleEntry {
         namespace,
         sql,
         params,
+        session: session::describe(candidate.settings()),
         diff,
     }
 }

@@ -13,15 +13,16 @@ pub struct InspectionReport {
     /// Results a reader would serve now that were re-run and compared.
     pub checked: usize,
     /// Registered results not checked, all reasons together (see
-    /// [`InspectionReport::skipped_by_reason`]); with a sample, results
-    /// past the sample are neither checked nor skipped.
+    /// [`InspectionReport::skipped_by_reason`]). Every registered result
+    /// is either checked or skipped: `registered == checked + skipped`.
     pub skipped: usize,
     /// Why results were skipped.
     pub skipped_by_reason: SkipCounts,
     /// Results a reader would serve that differ from the database.
     pub stale: Vec<StaleEntry>,
     /// Results whose query failed when re-run (dropped table, changed
-    /// type...): neither fresh nor stale.
+    /// type, a recorded session setting PostgreSQL no longer accepts...):
+    /// neither fresh nor stale.
     pub failed: Vec<FailedEntry>,
 }
 
@@ -41,13 +42,24 @@ pub struct SkipCounts {
     /// table generation no longer matches.
     pub not_servable: usize,
     /// The value is not a row set the checker can compare: a `query_as`
-    /// mapping, or a `cached`/`cached_with` value.
+    /// result is what the caller's mapping closure made of the rows (a
+    /// serialized `Vec<T>`), and neither the closure nor the rows it read
+    /// are stored, so nothing the database returns can be compared with
+    /// it. (`cached`/`cached_with` values have no statement at all and are
+    /// not registered.)
     pub not_rows: usize,
     /// The value does not decode as this version's entry.
     pub unreadable: usize,
     /// The result differed, then changed or went away before the
     /// confirming second look: a concurrent write, not a stale entry.
     pub changed_during_check: usize,
+    /// The result was filled as a role (`current_user`) the checker cannot
+    /// `SET ROLE` to (its session user is not a member, or the role is
+    /// gone): checked as the checker's own role it could differ only by
+    /// privileges and row-level security, a false positive.
+    pub role_not_assumable: usize,
+    /// Not looked at: the check had its `sample` of results.
+    pub not_sampled: usize,
 }
 
 impl SkipCounts {
@@ -58,6 +70,8 @@ impl SkipCounts {
             + self.not_rows
             + self.unreadable
             + self.changed_during_check
+            + self.role_not_assumable
+            + self.not_sampled
     }
 }
 
@@ -81,6 +95,11 @@ pub struct StaleEntry {
     pub sql: String,
     /// Its parameters.
     pub params: Vec<ReportParam>,
+    /// The session state it was re-run under, as `set_config` names and
+    /// values (`role` first): the reader's, recorded when it learned the
+    /// statement. Empty for results filled before readers recorded it,
+    /// which were re-run in the checker's own session.
+    pub session: Vec<(String, String)>,
     /// The first difference (row counts and the first differing row).
     pub diff: String,
 }
