@@ -1,5 +1,6 @@
 //! `cm-test-servers --env-file PATH`: starts one PostgreSQL cluster and one
-//! memcached for a whole test run, writes `export CM_TEST_PG_URL=...` and
+//! memcached (`-M`: it never evicts, as the cache's metadata servers must
+//! not) for a whole test run, writes `export CM_TEST_PG_URL=...` and
 //! `export CM_TEST_MEMCACHED=...` to PATH (atomically), prints the same
 //! lines, and keeps both servers up until SIGTERM, SIGINT or SIGHUP (or until
 //! its parent process goes away), then stops them and exits 0.
