@@ -7,17 +7,21 @@
 CM_SERVERS_PID=
 
 # Starts the servers, waits for their env file (max 120 s) and sources it.
-#   cm_start_test_servers DIR   (DIR receives `env` and `servers.log`)
+#   cm_start_test_servers DIR [--result-server]
+# DIR receives `env` and `servers.log`. The memcached runs with -M (it never
+# evicts, as metadata servers must not); --result-server adds a memcached that
+# evicts, for results, exported as CM_TEST_MEMCACHED_RESULTS.
 # With CM_TEST_SERVERS_BIN set (a built cm-test-servers), runs that binary
 # instead of `cargo run` (which would build the debug profile).
 cm_start_test_servers() {
     local dir=$1
+    shift
     local env_file=$dir/env log=$dir/servers.log
     # `cargo run` execs the binary, so $! is the server process itself.
     if [[ -n ${CM_TEST_SERVERS_BIN:-} ]]; then
-        "$CM_TEST_SERVERS_BIN" --env-file "$env_file" </dev/null >"$log" 2>&1 &
+        "$CM_TEST_SERVERS_BIN" --env-file "$env_file" "$@" </dev/null >"$log" 2>&1 &
     else
-        cargo run -q --locked -p cm-testkit --bin cm-test-servers -- --env-file "$env_file" \
+        cargo run -q --locked -p cm-testkit --bin cm-test-servers -- --env-file "$env_file" "$@" \
             </dev/null >"$log" 2>&1 &
     fi
     CM_SERVERS_PID=$!
@@ -40,6 +44,9 @@ cm_start_test_servers() {
     # shellcheck source=/dev/null
     source "$env_file"
     export CM_TEST_PG_URL CM_TEST_MEMCACHED
+    if [[ -n ${CM_TEST_MEMCACHED_RESULTS:-} ]]; then
+        export CM_TEST_MEMCACHED_RESULTS
+    fi
 }
 
 # Stops the servers (SIGTERM, then waits for them to be torn down). Idempotent.

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! addons --pg URL --memcached HOST:PORT --prefix P   # with a running cm-invalidator
+//!        [--memcached-results HOST:PORT]             # results on their own servers
 //! addons --pg URL --embedded                         # reader + invalidator in this process
 //! ```
 
@@ -25,9 +26,15 @@ struct Args {
     /// PostgreSQL connection URL (the schema is created if missing).
     #[arg(long)]
     pg: String,
-    /// memcached `host:port`, shared with a running `cm-invalidator`.
+    /// memcached `host:port` for metadata (run with `-M`), shared with a
+    /// running `cm-invalidator` (its `cache.servers`).
     #[arg(long, conflicts_with = "embedded")]
     memcached: Option<String>,
+    /// memcached `host:port` for results, which may evict (the
+    /// invalidator's `cache.result_servers`); by default results share
+    /// `--memcached`.
+    #[arg(long, requires = "memcached")]
+    memcached_results: Option<String>,
     /// Key prefix (must match the invalidator's `cache.prefix`).
     #[arg(long, default_value = "cm")]
     prefix: String,
@@ -144,8 +151,9 @@ async fn connect(args: &Args) -> Result<Connected> {
         bail!("give --memcached HOST:PORT (with cm-invalidator running) or --embedded");
     };
     println!("(memcached mode: {memcached}, invalidated by cm-invalidator)");
-    let store: Arc<dyn CacheStore> =
-        Arc::new(MemcachedStore::connect(MemcachedConfig::new([memcached.clone()])).await?);
+    let config = MemcachedConfig::new([memcached.clone()])
+        .with_result_servers(args.memcached_results.iter().cloned());
+    let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(config).await?);
     wait_for_heartbeat(store.as_ref(), &space).await?;
     let cache = QueryCache::discover(
         &sql,

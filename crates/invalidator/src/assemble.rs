@@ -21,8 +21,9 @@ pub enum StartError {
     /// `cache.prefix` is not a valid key prefix.
     #[error("config key cache.prefix: {0}")]
     Prefix(#[from] cm_keys::PrefixError),
-    /// The memcached client could not be built (`cache.servers`).
-    #[error("config key cache.servers: {0}")]
+    /// The memcached client could not be built, or a metadata server may
+    /// evict (`cache.servers`, `cache.result_servers`).
+    #[error("config keys cache.servers / cache.result_servers: {0}")]
     Store(#[from] cm_store::StoreError),
     /// The table mapping (`[schema]`) is wrong.
     #[error("config section schema: {0}")]
@@ -38,9 +39,12 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// The memcached store the configuration names.
+/// The memcached store the configuration names: metadata on
+/// `cache.servers` (checked not to evict), results on
+/// `cache.result_servers` when set.
 pub async fn store(config: &InvalidatorConfig) -> Result<Arc<dyn CacheStore>, StartError> {
-    let mut memcached = MemcachedConfig::new(config.cache.servers.iter().cloned());
+    let mut memcached = MemcachedConfig::new(config.cache.servers.iter().cloned())
+        .with_result_servers(config.cache.result_servers.iter().cloned());
     memcached.timeout = Duration::from_millis(config.cache.timeout_ms);
     Ok(Arc::new(MemcachedStore::connect(memcached).await?))
 }

@@ -58,8 +58,15 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// memcached servers, `host:port`, in the same order for every process.
+    /// memcached servers for metadata (flush lists, generations, heartbeat,
+    /// worker state), `host:port`, listed identically by every process. Each
+    /// must run with `-M` (never evict): the store refuses one that evicts.
     pub servers: Vec<String>,
+    /// memcached servers for results (`q:` keys), which may evict; empty:
+    /// results live on `servers`. Readers must list the same ones: the
+    /// invalidator deletes results there. See `docs/eviction.md`.
+    #[serde(default)]
+    pub result_servers: Vec<String>,
     /// Key prefix shared with the readers.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -259,6 +266,20 @@ impl InvalidatorConfig {
         }
         if let Some(bad) = self.cache.servers.iter().find(|s| !s.contains(':')) {
             return Err(("cache.servers", format!("{bad:?} is not host:port")));
+        }
+        if let Some(bad) = self.cache.result_servers.iter().find(|s| !s.contains(':')) {
+            return Err(("cache.result_servers", format!("{bad:?} is not host:port")));
+        }
+        if let Some(both) = self
+            .cache
+            .result_servers
+            .iter()
+            .find(|s| self.cache.servers.contains(s))
+        {
+            return Err((
+                "cache.result_servers",
+                format!("{both:?} is also in cache.servers; a server holds metadata or results, not both"),
+            ));
         }
         if self.worker.key_budget == 0 {
             return Err(("worker.key_budget", "must be at least 1".into()));

@@ -43,6 +43,25 @@ fn bad_values_are_named() {
 }
 
 #[test]
+fn result_servers_are_optional_and_must_not_repeat_a_metadata_server() {
+    let config = load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n").unwrap();
+    assert!(config.cache.result_servers.is_empty());
+    let config =
+        load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\nresult_servers = ['b:1']\n")
+            .unwrap();
+    assert_eq!(config.cache.result_servers, ["b:1"]);
+    let err = load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\nresult_servers = ['a:1']\n")
+        .unwrap_err();
+    assert!(
+        err.contains("cache.result_servers") && err.contains("a:1"),
+        "{err}"
+    );
+    let err = load("[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\nresult_servers = ['b']\n")
+        .unwrap_err();
+    assert!(err.contains("cache.result_servers"), "{err}");
+}
+
+#[test]
 fn the_schema_section_is_left_to_the_mapping() {
     let config = load(
         "[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n\

@@ -61,6 +61,29 @@ impl KeyKind {
             KeyKind::WorkerState => "w",
         }
     }
+
+    /// The kind with this tag, as [`KeyKind::tag`] writes it.
+    pub fn from_tag(tag: &str) -> Option<KeyKind> {
+        [
+            KeyKind::Result,
+            KeyKind::FlushList,
+            KeyKind::Generation,
+            KeyKind::Heartbeat,
+            KeyKind::WorkerState,
+        ]
+        .into_iter()
+        .find(|kind| kind.tag() == tag)
+    }
+
+    /// The kind of a key's text, read from its second `:`-separated field
+    /// (`{prefix}:{tag}:{hash}`; a prefix never holds `:`). `None` for text
+    /// this scheme did not build. Cache stores use it to route a key by kind
+    /// (results may live on servers that evict, the rest must not).
+    pub fn of_key(text: &str) -> Option<KeyKind> {
+        let mut fields = text.splitn(3, ':');
+        let (_prefix, tag, _hash) = (fields.next()?, fields.next()?, fields.next()?);
+        KeyKind::from_tag(tag)
+    }
 }
 
 /// A complete cache key: ASCII, no spaces or control characters, at most

@@ -60,6 +60,7 @@ fn key_shape_is_prefix_kind_hash() {
     ];
     for (key, kind, tag) in cases {
         assert_eq!(key.kind(), kind);
+        assert_eq!(KeyKind::of_key(key.as_str()), Some(kind));
         let parts: Vec<&str> = key.as_str().split(':').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0], "cm");
@@ -69,6 +70,18 @@ fn key_shape_is_prefix_kind_hash() {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     }
+}
+
+#[test]
+fn kind_of_text_not_built_by_the_scheme_is_unknown() {
+    for text in ["", "cm", "cm:q", "q:1", "cm:x:00", "cm::00", "hb"] {
+        assert_eq!(KeyKind::of_key(text), None, "{text:?}");
+    }
+    assert_eq!(KeyKind::of_key("cm:q:"), Some(KeyKind::Result));
+    assert_eq!(
+        KeyKind::of_key(space().worker_state().as_str()),
+        Some(KeyKind::WorkerState)
+    );
 }
 
 /// These strings pin the scheme (domain tag, part encoding, BLAKE3, 128-bit

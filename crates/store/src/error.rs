@@ -126,6 +126,16 @@ pub enum StoreError {
         /// The error from the random source.
         message: String,
     },
+    /// A server listed for metadata (flush lists, generations, heartbeat)
+    /// may evict items, so an invalidation could silently be lost; nothing
+    /// is sent to it.
+    #[error("memcached {server} cannot hold flush lists: it {message}")]
+    EvictingServer {
+        /// The server, as configured.
+        server: String,
+        /// What its settings say, and the fix.
+        message: String,
+    },
     /// The store was configured wrongly (no servers, unresolvable address).
     #[error("bad cache store configuration: {message}")]
     Config {

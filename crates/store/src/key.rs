@@ -7,6 +7,8 @@
 //! keys (`b` flag): other language bindings then see the same key bytes on
 //! the wire, and the flush-list delimiter (a space) can never occur in a key.
 
+use cm_keys::KeyKind;
+
 use crate::error::{KeyProblem, StoreError};
 
 /// memcached's key length limit in bytes.
@@ -39,6 +41,14 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
 /// Checks every key; the first bad one is the error.
 pub(crate) fn validate_keys(keys: &[&str]) -> Result<(), StoreError> {
     keys.iter().try_for_each(|key| validate_key(key))
+}
+
+/// Whether `key` is a result (a `q:` key of the scheme, or its lease
+/// placeholder): the only kind a store may evict. Everything else, including
+/// keys the scheme did not build, is metadata, which must never be evicted:
+/// an evicted flush list loses its members' invalidations.
+pub(crate) fn is_result_key(key: &str) -> bool {
+    KeyKind::of_key(key) == Some(KeyKind::Result)
 }
 
 /// Checks a value against the configured size limit.
@@ -92,6 +102,21 @@ mod tests {
                 matches!(problem(bad), Some(KeyProblem::ForbiddenByte { .. })),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_scheme_result_keys_count_as_results() {
+        assert!(is_result_key("cm:q:0123"));
+        for metadata in [
+            "cm:f:0123",
+            "cm:g:0123",
+            "cm:hb:0123",
+            "cm:w:0123",
+            "q:1",
+            "hb",
+        ] {
+            assert!(!is_result_key(metadata), "{metadata}");
         }
     }
 

@@ -16,6 +16,14 @@ use cm_testkit::MemcachedServer;
 
 store_suite!(common::memcached_harness);
 
+/// The same behaviours with results on their own (evicting) servers and
+/// metadata on the `-M` one.
+mod split_pools {
+    use super::common;
+
+    store_suite!(common::split_memcached_harness);
+}
+
 const TTL: Duration = Duration::from_secs(60);
 
 async fn start_servers(n: usize) -> Vec<MemcachedServer> {

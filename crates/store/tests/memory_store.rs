@@ -7,25 +7,25 @@ mod common;
 
 use std::time::Duration;
 
-use cm_store::{CacheStore, LeaseOutcome, MemoryStore, MemoryStoreConfig};
+use cm_store::{CacheStore, LeaseOutcome, MemoryStore, MemoryStoreConfig, StoreError};
 
 store_suite!(common::memory_harness);
 
 #[tokio::test]
-async fn item_limit_evicts_least_recently_used() {
+async fn item_limit_evicts_least_recently_used_result() {
     let store = MemoryStore::new(MemoryStoreConfig {
         max_items: Some(3),
         ..MemoryStoreConfig::default()
     });
     let ttl = Duration::from_secs(60);
-    for key in ["a", "b", "c"] {
+    for key in ["cm:q:a", "cm:q:b", "cm:q:c"] {
         store.write_heartbeat(key, b"v", ttl).await.unwrap();
     }
-    store.get_many(&["a"]).await.unwrap();
-    store.write_heartbeat("d", b"v", ttl).await.unwrap();
+    store.get_many(&["cm:q:a"]).await.unwrap();
+    store.write_heartbeat("cm:q:d", b"v", ttl).await.unwrap();
     assert_eq!(store.len(), 3);
     let present: Vec<bool> = store
-        .get_many(&["a", "b", "c", "d"])
+        .get_many(&["cm:q:a", "cm:q:b", "cm:q:c", "cm:q:d"])
         .await
         .unwrap()
         .iter()
@@ -34,19 +34,60 @@ async fn item_limit_evicts_least_recently_used() {
     assert_eq!(present, [true, false, true, true]);
 }
 
+/// The in-process store behaves like a memcached metadata server run with
+/// `-M`: flush lists and generations are never evicted, results make room
+/// for them, and a write that still does not fit is refused, not stored by
+/// evicting metadata.
 #[tokio::test]
-async fn evicted_generation_comes_back_different() {
+async fn metadata_is_never_evicted_and_a_full_store_refuses_writes() {
     let store = MemoryStore::new(MemoryStoreConfig {
-        max_items: Some(1),
+        max_items: Some(3),
         ..MemoryStoreConfig::default()
     });
-    let snapshot = store.create_generation_if_missing("g:t").await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let generation = store.create_generation_if_missing("cm:g:t").await.unwrap();
     store
-        .write_heartbeat("hb", b"v", Duration::from_secs(60))
+        .append_to_flush_list("cm:f:row", "cm:q:r", ttl)
         .await
         .unwrap();
-    assert_eq!(store.read_generations(&["g:t"]).await.unwrap(), [None]);
-    assert_ne!(store.bump_generation("g:t").await.unwrap(), snapshot);
+    let lease = match store.get_with_lease("cm:q:r", ttl).await.unwrap() {
+        LeaseOutcome::Won(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    assert!(store
+        .set_if_lease_valid("cm:q:r", b"rows", ttl, lease)
+        .await
+        .unwrap());
+    // The heartbeat takes the result's place, not the older metadata's.
+    store.write_heartbeat("cm:hb:h", b"v", ttl).await.unwrap();
+    assert_eq!(store.get_many(&["cm:q:r"]).await.unwrap(), [None]);
+    // Full of metadata: every write that needs room is refused.
+    let refused = store
+        .append_to_flush_list("cm:f:other", "cm:q:r", ttl)
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Server { message }) if message.contains("out of memory")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.get_with_lease("cm:q:s", ttl).await.unwrap(),
+        LeaseOutcome::Wait
+    );
+    assert_eq!(
+        store.read_generations(&["cm:g:t"]).await.unwrap(),
+        [Some(generation)]
+    );
+    assert_eq!(
+        store.read_flush_list("cm:f:row").await.unwrap().members,
+        ["cm:q:r"]
+    );
+    // Writes in place still work: the invalidator can always bump and
+    // append to an existing list.
+    assert_ne!(store.bump_generation("cm:g:t").await.unwrap(), generation);
+    store
+        .append_to_flush_list("cm:f:row", "cm:q:s", ttl)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -56,7 +97,7 @@ async fn byte_limit_bounds_the_store() {
         ..MemoryStoreConfig::default()
     });
     for i in 0..100 {
-        let key = format!("q:{i}");
+        let key = format!("cm:q:{i}");
         match store
             .get_with_lease(&key, Duration::from_secs(30))
             .await

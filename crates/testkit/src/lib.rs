@@ -10,7 +10,10 @@
 //! * [`TestEnv`]: both at once.
 //! * [`PgCluster`] and [`MemcachedServer`]: throwaway servers that this
 //!   process owns, for tests that need to stop, restart or configure the
-//!   server itself (e.g. `wal_sender_timeout`, `pg_hba.conf` lines).
+//!   server itself (e.g. `wal_sender_timeout`, `pg_hba.conf` lines). A
+//!   memcached the kit starts never evicts (`-M`), as the cache's metadata
+//!   servers must not; [`MemcachedServer::start_evicting`] starts a small
+//!   one that does, for results (see `docs/eviction.md`).
 //!
 //! ```no_run
 //! use cm_testkit::TestEnv;
@@ -36,8 +39,10 @@
 //!   to create databases (and, for replication tests, to replicate).
 //!   [`TestPostgres::start`] then creates its database there instead of
 //!   starting a [`PgCluster`].
-//! * `CM_TEST_MEMCACHED`: `host:port` of a shared memcached.
-//!   [`TestMemcached::start`] then uses it instead of starting its own.
+//! * `CM_TEST_MEMCACHED`: `host:port` of a shared memcached, started with
+//!   `-M` (it holds flush lists, which must never be evicted; the cache
+//!   store refuses a server that evicts). [`TestMemcached::start`] then
+//!   uses it instead of starting its own.
 //! * `CM_PG_BIN`: the PostgreSQL bin directory (with `initdb`, `pg_ctl`,
 //!   `psql`) to use; by default the highest `/usr/lib/postgresql/*/bin`.
 //! * `CM_TEST_MEMCACHED_MB`: memory of a memcached the kit starts (`-m`,
@@ -64,7 +69,10 @@ mod util;
 
 pub use cluster::{PgCluster, PgClusterBuilder, StopMode};
 pub use error::TestkitError;
-pub use memcached::{MemcachedServer, TestMemcached, ENV_MEMCACHED, ENV_MEMCACHED_MB};
+pub use memcached::{
+    stats as memcached_stats, MemcachedOptions, MemcachedServer, TestMemcached, ENV_MEMCACHED,
+    ENV_MEMCACHED_MB,
+};
 pub use postgres::{TestPostgres, ENV_PG_URL};
 
 /// Environment variable naming the PostgreSQL bin directory to use.

@@ -1,6 +1,7 @@
 //! [`MemcachedServer`] (an owned memcached process) and [`TestMemcached`]
 //! (what a test uses: a server plus a key prefix of its own).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -35,9 +36,45 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many ports to try before giving up.
 const START_ATTEMPTS: usize = 3;
 
+/// How to start a [`MemcachedServer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemcachedOptions {
+    /// Item memory in MiB (`-m`); `None`: [`ENV_MEMCACHED_MB`], else 64.
+    pub memory_mb: Option<u32>,
+    /// Whether it may evict items when full. `false` adds `-M`
+    /// (`--disable-evictions`: a write that finds no memory is answered
+    /// `SERVER_ERROR out of memory`), which a metadata server (flush lists,
+    /// generations) must have; `true` makes a result server.
+    pub evictions: bool,
+    /// The port to listen on; `None`: a free one (retried on a clash).
+    pub port: Option<u16>,
+}
+
+impl MemcachedOptions {
+    /// A metadata server: `-M`, the default memory.
+    pub fn metadata() -> MemcachedOptions {
+        MemcachedOptions {
+            memory_mb: None,
+            evictions: false,
+            port: None,
+        }
+    }
+
+    /// A result server that evicts, with `memory_mb` MiB (e.g. 4, to see
+    /// evictions early).
+    pub fn evicting(memory_mb: u32) -> MemcachedOptions {
+        MemcachedOptions {
+            memory_mb: Some(memory_mb),
+            evictions: true,
+            port: None,
+        }
+    }
+}
+
 /// A memcached process of our own on 127.0.0.1 at a free port
-/// (`memcached -l 127.0.0.1 -p PORT -U 0 -m 64 -t 2`; `-m` from
-/// [`ENV_MEMCACHED_MB`]). Dropping it kills it.
+/// (`memcached -l 127.0.0.1 -p PORT -U 0 -m 64 -t 2 -M`; `-m` from
+/// [`ENV_MEMCACHED_MB`], `-M` unless [`MemcachedOptions::evictions`]).
+/// Dropping it kills it.
 #[derive(Debug)]
 pub struct MemcachedServer {
     child: Child,
@@ -45,9 +82,21 @@ pub struct MemcachedServer {
 }
 
 impl MemcachedServer {
-    /// Starts memcached (from `PATH`, else `/usr/bin`) and waits until it
-    /// answers `version`; tries up to three ports.
+    /// Starts a memcached that never evicts (`-M`): what the cache's
+    /// metadata servers must be. See [`MemcachedServer::start_with`].
     pub fn start() -> Result<MemcachedServer, TestkitError> {
+        Self::start_with(MemcachedOptions::metadata())
+    }
+
+    /// Starts a memcached of `memory_mb` MiB that evicts when full: a
+    /// result server.
+    pub fn start_evicting(memory_mb: u32) -> Result<MemcachedServer, TestkitError> {
+        Self::start_with(MemcachedOptions::evicting(memory_mb))
+    }
+
+    /// Starts memcached (from `PATH`, else `/usr/bin`) with these options
+    /// and waits until it answers `version`; tries up to three ports.
+    pub fn start_with(options: MemcachedOptions) -> Result<MemcachedServer, TestkitError> {
         let binary =
             find_program("memcached", &["/usr/bin", "/usr/local/bin"]).ok_or_else(|| {
                 TestkitError::NotFound {
@@ -61,7 +110,7 @@ impl MemcachedServer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(&binary) {
+            match Self::start_once(&binary, options) {
                 Ok(server) => return Ok(server),
                 Err(_) if attempt < START_ATTEMPTS => continue,
                 Err(e) => return Err(e),
@@ -69,9 +118,19 @@ impl MemcachedServer {
         }
     }
 
-    fn start_once(binary: &PathBuf) -> Result<MemcachedServer, TestkitError> {
-        let memory = memory_mb()?.to_string();
-        let port = free_port()?;
+    fn start_once(
+        binary: &PathBuf,
+        options: MemcachedOptions,
+    ) -> Result<MemcachedServer, TestkitError> {
+        let memory = match options.memory_mb {
+            Some(mb) => mb,
+            None => memory_mb()?,
+        }
+        .to_string();
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut cmd = Command::new(binary);
         cmd.args([
             "-l",
@@ -85,6 +144,9 @@ impl MemcachedServer {
             "-t",
             "2",
         ]);
+        if !options.evictions {
+            cmd.arg("-M");
+        }
         if is_root() {
             // memcached refuses to run as root unless told which user to be.
             cmd.args(["-u", "root"]);
@@ -149,6 +211,44 @@ impl MemcachedServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Its general statistics (`stats`); see [`stats`].
+    pub fn stats(&self) -> Result<HashMap<String, String>, TestkitError> {
+        stats(&self.addr())
+    }
+}
+
+/// The `STAT <name> <value>` lines memcached at `addr` answers to `stats`,
+/// e.g. `evictions` (items evicted to make room) and `limit_maxbytes`.
+pub fn stats(addr: &str) -> Result<HashMap<String, String>, TestkitError> {
+    let lines = exchange_lines(addr, b"stats\r\n", "END")
+        .map_err(|e| TestkitError::io(format!("stats of memcached at {addr}"), e))?;
+    Ok(lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("STAT "))
+        .filter_map(|stat| stat.split_once(' '))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect())
+}
+
+/// Sends `request` and reads lines up to (without) the one equal to `last`.
+fn exchange_lines(addr: &str, request: &[u8], last: &str) -> std::io::Result<Vec<String>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&stream).write_all(request)?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let line = line.trim_end();
+        if line == last {
+            return Ok(lines);
+        }
+        lines.push(line.to_string());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the connection closed before {last}"),
+    ))
 }
 
 impl Drop for MemcachedServer {

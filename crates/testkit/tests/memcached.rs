@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use cm_testkit::{MemcachedServer, TestMemcached};
+use cm_testkit::{memcached_stats, MemcachedServer, TestMemcached};
 use common::pid_alive;
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -76,5 +76,33 @@ fn owned_memcached_is_killed_on_drop() -> TestResult {
 
     let standalone = MemcachedServer::start()?;
     exchange(&standalone.addr(), "version\r\n", "VERSION")?;
+    Ok(())
+}
+
+/// The eviction setting memcached reports in `stats settings`.
+fn evictions_setting(addr: &str) -> Result<String, Box<dyn Error>> {
+    let lines = exchange(addr, "stats settings\r\n", "END")?;
+    lines
+        .iter()
+        .find_map(|line| line.strip_prefix("STAT evictions "))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no evictions setting in {lines:?}").into())
+}
+
+#[test]
+fn kit_memcached_never_evicts_and_the_evicting_one_does() -> TestResult {
+    let metadata = MemcachedServer::start()?;
+    assert_eq!(evictions_setting(&metadata.addr())?, "off");
+    let results = MemcachedServer::start_evicting(4)?;
+    assert_eq!(evictions_setting(&results.addr())?, "on");
+    let stats = memcached_stats(&results.addr())?;
+    assert_eq!(
+        stats.get("limit_maxbytes").map(String::as_str),
+        Some("4194304")
+    );
+    assert_eq!(
+        results.stats()?.get("evictions").map(String::as_str),
+        Some("0")
+    );
     Ok(())
 }

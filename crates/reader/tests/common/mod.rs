@@ -81,6 +81,20 @@ impl Harness {
         memcached_addr: Option<String>,
         options: ReaderOptions,
     ) -> Harness {
+        let store_config = move |kit: &TestMemcached| {
+            MemcachedConfig::new([memcached_addr.unwrap_or_else(|| kit.addr().to_owned())])
+        };
+        Harness::with_store(schema, mapping, store_config, options).await
+    }
+
+    /// `schema` and `mapping`, with the store `store_config` builds from the
+    /// test kit's memcached (whose key prefix the harness uses).
+    pub async fn with_store(
+        schema: &str,
+        mapping: &str,
+        store_config: impl FnOnce(&TestMemcached) -> MemcachedConfig,
+        options: ReaderOptions,
+    ) -> Harness {
         // The slot below streams `cm_pub`.
         let options = ReaderOptions {
             publication: Some("cm_pub".into()),
@@ -106,8 +120,7 @@ impl Harness {
         let config = SchemaConfig::from_toml_str(mapping).unwrap();
         let model = Arc::new(SchemaModel::build(discover(&admin).await.unwrap(), &config).unwrap());
         let space = KeySpace::new(memcached.key_prefix()).unwrap();
-        let addr = memcached_addr.unwrap_or_else(|| memcached.addr().to_owned());
-        let mut store_config = MemcachedConfig::new([addr]);
+        let mut store_config = store_config(&memcached);
         store_config.timeout = Duration::from_secs(2);
         let store: Arc<dyn CacheStore> =
             Arc::new(MemcachedStore::connect(store_config).await.unwrap());

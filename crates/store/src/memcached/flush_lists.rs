@@ -26,14 +26,14 @@ use std::time::Duration;
 use memcache::exp::{Delete, Get, GetStatus, Meta, MutationStatus, Op, OpResult, Set, Ttl};
 
 use super::errors::map_error;
-use super::MemcachedStore;
+use super::pool::Pool;
 use crate::error::StoreError;
 use crate::flush_list::{decode_members, encode_member};
 use crate::key::{validate_key, validate_keys};
 use crate::store::FlushListSnapshot;
 use crate::ttl::ttl_secs;
 
-impl MemcachedStore {
+impl Pool {
     pub(super) async fn append_to_flush_lists_now(
         &self,
         list_keys: &[&str],

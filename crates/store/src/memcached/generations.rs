@@ -3,12 +3,12 @@
 
 use memcache::exp::{Arithmetic, Get, MutationStatus, Set};
 
-use super::MemcachedStore;
+use super::pool::Pool;
 use crate::error::StoreError;
 use crate::generation::Generation;
 use crate::key::validate_key;
 
-impl MemcachedStore {
+impl Pool {
     pub(super) async fn read_generations_now(
         &self,
         keys: &[&str],

@@ -20,13 +20,13 @@ use memcache::exp::{
     Delete, Get, GetStatus, LeaseState, Meta, MutationStatus, Set, Ttl, ValueState,
 };
 
-use super::MemcachedStore;
+use super::pool::Pool;
 use crate::error::StoreError;
 use crate::key::{validate_key, validate_keys, validate_value};
 use crate::store::{Item, Lease, LeaseOutcome};
 use crate::ttl::ttl_secs;
 
-impl MemcachedStore {
+impl Pool {
     pub(super) async fn get_many_now(
         &self,
         keys: &[&str],

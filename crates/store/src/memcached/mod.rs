@@ -8,79 +8,39 @@
 //! and exchanged concurrently (one round trip in total); per-server
 //! connection pools; connect and I/O deadlines; the [`memcache::exp::Router`]
 //! plug point. What this module adds: key and value checks before any I/O,
-//! the stable routing function ([`StableRendezvous`]), the retry loops for
+//! the stable routing function ([`StableRendezvous`]), the split of keys by
+//! kind between a metadata pool that must not evict and an optional result
+//! pool that may ([`MemcachedConfig`], `docs/eviction.md`), the retry loops for
 //! flush-list appends and generations, the compare-and-delete that clears a
 //! flush list only if unchanged, and one timeout around each whole call.
 
+mod config;
 mod errors;
+mod evictions;
 mod flush_lists;
 mod generations;
 mod items;
+mod pool;
 mod router;
+mod routing;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use memcache::exp::{AsyncMetaClient, Operation};
 
 use crate::error::StoreError;
 use crate::generation::Generation;
+use crate::key::validate_value;
 use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
-use errors::map_error;
+pub use config::{
+    MemcachedConfig, DEFAULT_ITEM_SIZE_LIMIT, DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT,
+    ITEM_OVERHEAD,
+};
+use evictions::EvictionCheck;
+use pool::Pool;
 pub use router::{fnv1a64, StableRendezvous};
-
-/// Default bound on every store call.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// memcached's default item size limit (`-I 1m`).
-pub const DEFAULT_ITEM_SIZE_LIMIT: usize = 1024 * 1024;
-
-/// Room left in an item for its header, CAS and a 250-byte key: memcached
-/// counts them against the item size limit, so the largest value is this much
-/// smaller than the limit.
-pub const ITEM_OVERHEAD: usize = 512;
-
-/// Default number of tries for a compare-and-swap loop.
-pub const DEFAULT_MAX_CAS_ATTEMPTS: u32 = 32;
-
-/// How to reach memcached.
-#[derive(Debug, Clone)]
-pub struct MemcachedConfig {
-    /// `host:port` of every server. Every process must list the same
-    /// strings (order does not matter): they are what keys are hashed
-    /// against.
-    pub servers: Vec<String>,
-    /// Bound on each store call, and on each connect and exchange inside it.
-    pub timeout: Duration,
-    /// The servers' item size limit (memcached `-I`); values may be up to
-    /// this minus [`ITEM_OVERHEAD`] bytes.
-    pub item_size_limit: usize,
-    /// Tries for a compare-and-swap loop before giving up with
-    /// [`StoreError::Contention`].
-    pub max_cas_attempts: u32,
-    /// Cap on open connections per server; `None` for no cap.
-    pub max_connections_per_server: Option<usize>,
-}
-
-impl MemcachedConfig {
-    /// The defaults for these servers.
-    pub fn new(servers: impl IntoIterator<Item = impl Into<String>>) -> MemcachedConfig {
-        MemcachedConfig {
-            servers: servers.into_iter().map(Into::into).collect(),
-            timeout: DEFAULT_TIMEOUT,
-            item_size_limit: DEFAULT_ITEM_SIZE_LIMIT,
-            max_cas_attempts: DEFAULT_MAX_CAS_ATTEMPTS,
-            max_connections_per_server: None,
-        }
-    }
-
-    /// The largest value accepted.
-    pub fn max_value_bytes(&self) -> usize {
-        self.item_size_limit.saturating_sub(ITEM_OVERHEAD)
-    }
-}
 
 /// The memcached [`CacheStore`]. Cheap to clone; clones share connections.
 ///
@@ -89,6 +49,15 @@ impl MemcachedConfig {
 /// concurrently (one round trip in total), connection pools, deadlines and a
 /// pluggable router. This type adds the key and value checks, the stable
 /// routing ([`StableRendezvous`]), the CAS loops and a timeout per call.
+///
+/// Keys are routed by kind to one of two pools (see [`MemcachedConfig`]):
+/// results to the result servers, everything else to the metadata servers,
+/// which must not evict. A call over many keys is split between the pools
+/// and runs on both at once, so a reader's hit is still one round trip of
+/// wall time. A metadata server that answers a write with
+/// `SERVER_ERROR out of memory` (memcached `-M` when full) fails the call
+/// with [`StoreError::Server`]: the reader then does not cache, the
+/// invalidator retries.
 ///
 /// How each operation maps onto the meta protocol:
 ///
@@ -107,7 +76,9 @@ impl MemcachedConfig {
 /// | `write_heartbeat` | `ms <k> T<ttl>` |
 #[derive(Clone)]
 pub struct MemcachedStore {
-    client: AsyncMetaClient,
+    metadata: Pool,
+    /// `None`: results share the metadata pool.
+    results: Option<Pool>,
     config: Arc<MemcachedConfig>,
 }
 
@@ -120,51 +91,52 @@ impl std::fmt::Debug for MemcachedStore {
 }
 
 impl MemcachedStore {
-    /// Resolves the servers' addresses and builds the client. Connections
-    /// are opened lazily: a down server shows at its first use, as a
-    /// [`StoreError::Connection`] or [`StoreError::Timeout`].
+    /// Checks the configuration, asks every metadata server whether it
+    /// evicts, resolves the addresses and builds the clients.
+    ///
+    /// A metadata server whose `stats settings` reports `evictions on` (or
+    /// no eviction setting at all) is refused with
+    /// [`StoreError::EvictingServer`]. One that cannot be reached yet is
+    /// checked before its first use instead, and until it passes every call
+    /// that needs it fails. Connections are otherwise opened lazily: a down
+    /// server shows at its first use, as a [`StoreError::Connection`] or
+    /// [`StoreError::Timeout`].
     pub async fn connect(config: MemcachedConfig) -> Result<MemcachedStore, StoreError> {
-        if config.servers.is_empty() {
-            return Err(StoreError::Config {
-                message: "no memcached servers configured".to_string(),
-            });
-        }
-        let timeout = config.timeout;
-        let builder = AsyncMetaClient::builder()
-            .router(StableRendezvous)
-            .connect_timeout(Some(timeout))
-            .io_timeout(Some(timeout))
-            .max_connections(config.max_connections_per_server);
-        let connecting = builder.connect_multiple_async(config.servers.iter().map(String::as_str));
-        let client = match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                return Err(StoreError::Config {
-                    message: format!("servers {:?}: {e}", config.servers),
-                })
-            }
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    operation: "resolving memcached servers",
-                    after: timeout,
-                })
-            }
+        config.validate()?;
+        let config = Arc::new(config);
+        let check = EvictionCheck::connect(&config.servers, config.timeout).await?;
+        let metadata = Pool::connect(&config.servers, Arc::clone(&config), Some(check)).await?;
+        let results = if config.result_servers.is_empty() {
+            None
+        } else {
+            Some(Pool::connect(&config.result_servers, Arc::clone(&config), None).await?)
         };
         Ok(MemcachedStore {
-            client,
-            config: Arc::new(config),
+            metadata,
+            results,
+            config,
         })
     }
 
-    /// The configured servers, in configuration order.
+    /// The configured metadata servers, in configuration order.
     pub fn servers(&self) -> &[String] {
         &self.config.servers
     }
 
-    /// The server (as configured) that owns `key`; see [`StableRendezvous`].
+    /// The configured result servers; empty when results share
+    /// [`servers`](Self::servers).
+    pub fn result_servers(&self) -> &[String] {
+        &self.config.result_servers
+    }
+
+    /// The server (as configured) that owns `key`: in the result pool for a
+    /// result key when there is one, else in the metadata pool; see
+    /// [`StableRendezvous`].
     pub fn server_for_key(&self, key: &str) -> &str {
-        let index = StableRendezvous::server_index(key.as_bytes(), &self.config.servers);
-        self.config.servers.get(index).map_or("", String::as_str)
+        match &self.results {
+            Some(results) if crate::key::is_result_key(key) => results.server_for_key(key),
+            _ => self.metadata.server_for_key(key),
+        }
     }
 
     /// The configuration in force.
@@ -186,44 +158,16 @@ impl MemcachedStore {
             }),
         }
     }
-
-    /// One operation on its server.
-    async fn run<O: Operation>(
-        &self,
-        operation: &'static str,
-        op: O,
-    ) -> Result<O::Output, StoreError> {
-        self.client
-            .run(op)
-            .await
-            .map_err(|e| map_error(operation, self.config.timeout, e))
-    }
-
-    /// Many operations, pipelined per server; the first failure fails the
-    /// call (after every server has answered or failed).
-    async fn run_many<O: Operation>(
-        &self,
-        operation: &'static str,
-        ops: Vec<O>,
-    ) -> Result<Vec<O::Output>, StoreError> {
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        let timeout = self.config.timeout;
-        self.client
-            .run_many(ops)
-            .await
-            .map_err(|e| map_error(operation, timeout, e))?
-            .into_iter()
-            .map(|result| result.map_err(|e| map_error(operation, timeout, e)))
-            .collect()
-    }
 }
 
 #[async_trait]
 impl CacheStore for MemcachedStore {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, StoreError> {
-        self.bounded("get_many", self.get_many_now(keys)).await
+        let call = self.split(
+            keys,
+            |pool, keys| async move { pool.get_many_now(&keys).await },
+        );
+        self.bounded("get_many", call).await
     }
 
     async fn get_with_lease(
@@ -231,8 +175,13 @@ impl CacheStore for MemcachedStore {
         key: &str,
         lease_ttl: Duration,
     ) -> Result<LeaseOutcome, StoreError> {
-        self.bounded("get_with_lease", self.get_with_lease_now(key, lease_ttl))
-            .await
+        let call = async {
+            self.pool_for(key)
+                .await?
+                .get_with_lease_now(key, lease_ttl)
+                .await
+        };
+        self.bounded("get_with_lease", call).await
     }
 
     async fn set_if_lease_valid(
@@ -242,16 +191,22 @@ impl CacheStore for MemcachedStore {
         ttl: Duration,
         lease: Lease,
     ) -> Result<bool, StoreError> {
-        self.bounded(
-            "set_if_lease_valid",
-            self.set_if_lease_valid_now(key, value, ttl, lease),
-        )
-        .await
+        let call = async {
+            validate_value(key, value, self.config.max_value_bytes())?;
+            let pool = self.pool_for(key).await?;
+            pool.set_if_lease_valid_now(key, value, ttl, lease).await
+        };
+        self.bounded("set_if_lease_valid", call).await
     }
 
     async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError> {
-        self.bounded("release_lease", self.release_lease_now(key, lease))
-            .await
+        let call = async {
+            self.pool_for(key)
+                .await?
+                .release_lease_now(key, lease)
+                .await
+        };
+        self.bounded("release_lease", call).await
     }
 
     async fn append_to_flush_lists(
@@ -260,53 +215,63 @@ impl CacheStore for MemcachedStore {
         member: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.bounded(
-            "append_to_flush_lists",
-            self.append_to_flush_lists_now(list_keys, member, ttl),
-        )
-        .await
+        let call = self.split(list_keys, |pool, lists| async move {
+            pool.append_to_flush_lists_now(&lists, member, ttl).await?;
+            Ok(vec![(); lists.len()])
+        });
+        self.bounded("append_to_flush_lists", call).await?;
+        Ok(())
     }
 
     async fn read_flush_lists(
         &self,
         list_keys: &[&str],
     ) -> Result<Vec<FlushListSnapshot>, StoreError> {
-        self.bounded("read_flush_lists", self.read_flush_lists_now(list_keys))
-            .await
+        let call = self.split(list_keys, |pool, lists| async move {
+            pool.read_flush_lists_now(&lists).await
+        });
+        self.bounded("read_flush_lists", call).await
     }
 
     async fn clear_flush_lists_if_unchanged(
         &self,
         lists: &[(&str, u64)],
     ) -> Result<Vec<bool>, StoreError> {
-        self.bounded(
-            "clear_flush_lists_if_unchanged",
-            self.clear_flush_lists_if_unchanged_now(lists),
-        )
-        .await
+        let call = self.split(lists, |pool, lists| async move {
+            pool.clear_flush_lists_if_unchanged_now(&lists).await
+        });
+        self.bounded("clear_flush_lists_if_unchanged", call).await
     }
 
     async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError> {
-        self.bounded("delete_many", self.delete_many_now(keys))
-            .await
+        let call = self.split(keys, |pool, keys| async move {
+            pool.delete_many_now(&keys).await?;
+            Ok(vec![(); keys.len()])
+        });
+        self.bounded("delete_many", call).await?;
+        Ok(())
     }
 
     async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError> {
-        self.bounded("read_generations", self.read_generations_now(keys))
-            .await
+        let call = self.split(keys, |pool, keys| async move {
+            pool.read_generations_now(&keys).await
+        });
+        self.bounded("read_generations", call).await
     }
 
     async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
-        self.bounded(
-            "create_generation_if_missing",
-            self.create_generation_if_missing_now(key),
-        )
-        .await
+        let call = async {
+            self.pool_for(key)
+                .await?
+                .create_generation_if_missing_now(key)
+                .await
+        };
+        self.bounded("create_generation_if_missing", call).await
     }
 
     async fn bump_generation(&self, key: &str) -> Result<Generation, StoreError> {
-        self.bounded("bump_generation", self.bump_generation_now(key))
-            .await
+        let call = async { self.pool_for(key).await?.bump_generation_now(key).await };
+        self.bounded("bump_generation", call).await
     }
 
     async fn write_heartbeat(
@@ -315,7 +280,11 @@ impl CacheStore for MemcachedStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.bounded("write_heartbeat", self.write_heartbeat_now(key, value, ttl))
-            .await
+        let call = async {
+            validate_value(key, value, self.config.max_value_bytes())?;
+            let pool = self.pool_for(key).await?;
+            pool.write_heartbeat_now(key, value, ttl).await
+        };
+        self.bounded("write_heartbeat", call).await
     }
 }

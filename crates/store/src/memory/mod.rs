@@ -5,8 +5,15 @@
 //! against memcached: TTLs (rounded to whole seconds like memcached's), CAS
 //! tokens that change on every write, lease placeholders that expire, atomic
 //! appends, generations that start random, and least-recently-used eviction
-//! when a configured item or byte limit is reached (an evicted generation
-//! reads as missing, never as a match). One mutex guards everything and is
+//! of results when a configured item or byte limit is reached.
+//!
+//! Like a memcached metadata server (`-M`, see `docs/eviction.md`), it never
+//! evicts metadata: flush lists, generations and the heartbeat stay until
+//! they expire or are deleted, because an evicted flush list would lose its
+//! members' invalidations. Only results (`q:` keys) are evicted to make
+//! room; a write that still does not fit is refused with the error memcached
+//! `-M` gives (`out of memory storing object`), so the reader does not cache
+//! and the invalidator retries. One mutex guards everything and is
 //! never held across an `.await`, so every call finishes without waiting on
 //! I/O and needs no timeout.
 
@@ -24,15 +31,16 @@ use crate::key::{validate_key, validate_keys, validate_value};
 use crate::memcached::{DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD};
 use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 use crate::ttl::effective_ttl;
-use table::Table;
+use table::{OutOfMemory, Table};
 
 /// Limits of a [`MemoryStore`].
 #[derive(Debug, Clone)]
 pub struct MemoryStoreConfig {
-    /// Evict the least recently used item beyond this many items.
+    /// Evict the least recently used result beyond this many items
+    /// (metadata counts, but is never evicted).
     pub max_items: Option<usize>,
-    /// Evict the least recently used items beyond this many bytes (keys,
-    /// values and a fixed per-item overhead).
+    /// Evict the least recently used results beyond this many bytes (keys,
+    /// values and a fixed per-item overhead, metadata included).
     pub max_bytes: Option<usize>,
     /// The largest value accepted (and the largest a flush list may grow
     /// to); by default the same as memcached's default.
@@ -88,6 +96,17 @@ impl MemoryStore {
     }
 }
 
+/// A write refused because only metadata is left to evict; worded like
+/// memcached `-M`'s `SERVER_ERROR out of memory storing object`.
+fn out_of_memory(key: &str) -> StoreError {
+    StoreError::Server {
+        message: format!(
+            "out of memory storing object {key:?}: the in-process store is full \
+             and holds nothing it may evict (metadata is never evicted)"
+        ),
+    }
+}
+
 #[async_trait]
 impl CacheStore for MemoryStore {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, StoreError> {
@@ -117,10 +136,12 @@ impl CacheStore for MemoryStore {
         Ok(match table.get(key, now) {
             Some(entry) if entry.placeholder => LeaseOutcome::Wait,
             Some(entry) => LeaseOutcome::Hit(entry.value.clone()),
-            None => {
-                let cas = table.put(key, Vec::new(), Some(effective_ttl(lease_ttl)), true, now);
-                LeaseOutcome::Won(Lease::new(cas))
-            }
+            None => match table.put(key, Vec::new(), Some(effective_ttl(lease_ttl)), true, now) {
+                Ok(cas) => LeaseOutcome::Won(Lease::new(cas)),
+                // No room for the placeholder: like memcached failing to
+                // vivify, this caller must not fill.
+                Err(OutOfMemory) => LeaseOutcome::Wait,
+            },
         })
     }
 
@@ -137,7 +158,9 @@ impl CacheStore for MemoryStore {
         let mut table = self.lock();
         match table.get(key, now) {
             Some(entry) if entry.cas == lease.cas() => {
-                table.put(key, value.to_vec(), Some(effective_ttl(ttl)), false, now);
+                table
+                    .put(key, value.to_vec(), Some(effective_ttl(ttl)), false, now)
+                    .map_err(|OutOfMemory| out_of_memory(key))?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -180,7 +203,9 @@ impl CacheStore for MemoryStore {
                 });
             }
             value.extend_from_slice(&bytes);
-            table.rewrite(list, value, ttl, now);
+            table
+                .rewrite(list, value, ttl, now)
+                .map_err(|OutOfMemory| out_of_memory(list))?;
         }
         Ok(())
     }
@@ -258,7 +283,9 @@ impl CacheStore for MemoryStore {
         if let Some(entry) = table.get(key, now) {
             return Generation::decode(key, &entry.value);
         }
-        table.put(key, fresh.encode(), None, false, now);
+        table
+            .put(key, fresh.encode(), None, false, now)
+            .map_err(|OutOfMemory| out_of_memory(key))?;
         Ok(fresh)
     }
 
@@ -272,7 +299,9 @@ impl CacheStore for MemoryStore {
             Some(entry) => Generation(Generation::decode(key, &entry.value)?.0.wrapping_add(1)),
             None => fresh,
         };
-        table.rewrite(key, bumped.encode(), None, now);
+        table
+            .rewrite(key, bumped.encode(), None, now)
+            .map_err(|OutOfMemory| out_of_memory(key))?;
         Ok(bumped)
     }
 
@@ -284,13 +313,15 @@ impl CacheStore for MemoryStore {
     ) -> Result<(), StoreError> {
         validate_key(key)?;
         validate_value(key, value, self.max_value_bytes)?;
-        self.lock().put(
-            key,
-            value.to_vec(),
-            Some(effective_ttl(ttl)),
-            false,
-            Instant::now(),
-        );
+        self.lock()
+            .put(
+                key,
+                value.to_vec(),
+                Some(effective_ttl(ttl)),
+                false,
+                Instant::now(),
+            )
+            .map_err(|OutOfMemory| out_of_memory(key))?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore, MemoryStore, MemoryStoreConfig};
-use cm_testkit::TestMemcached;
+use cm_testkit::{MemcachedServer, TestMemcached};
 
 /// A store under test, a key prefix no other test uses, and whatever keeps
 /// the store's server alive.
@@ -18,10 +18,12 @@ pub struct Harness {
     pub prefix: String,
     pub max_value_bytes: usize,
     _memcached: Option<TestMemcached>,
+    _result_server: Option<MemcachedServer>,
 }
 
 impl Harness {
-    /// `{prefix}:{name}`.
+    /// `{prefix}:{name}`: a name starting `q:` makes a result key, which
+    /// split pools send to the result servers; any other, metadata.
     pub fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
@@ -46,6 +48,31 @@ pub async fn memcached_harness() -> Harness {
         prefix: memcached.key_prefix().to_string(),
         max_value_bytes,
         _memcached: Some(memcached),
+        _result_server: None,
+    }
+}
+
+/// A [`MemcachedStore`] with split pools: metadata on the test kit's
+/// memcached (`-M`), results on a memcached of its own that evicts.
+pub async fn split_memcached_harness() -> Harness {
+    let (memcached, results) = tokio::task::spawn_blocking(|| {
+        (
+            TestMemcached::start().expect("memcached for metadata"),
+            MemcachedServer::start_evicting(64).expect("memcached for results"),
+        )
+    })
+    .await
+    .unwrap();
+    let mut config = MemcachedConfig::new([memcached.addr()]).with_result_servers([results.addr()]);
+    config.timeout = SUITE_TIMEOUT;
+    let max_value_bytes = config.max_value_bytes();
+    let store = MemcachedStore::connect(config).await.unwrap();
+    Harness {
+        store: Arc::new(store),
+        prefix: memcached.key_prefix().to_string(),
+        max_value_bytes,
+        _memcached: Some(memcached),
+        _result_server: Some(results),
     }
 }
 
@@ -58,6 +85,7 @@ pub async fn memory_harness() -> Harness {
         prefix: "mem".to_string(),
         max_value_bytes,
         _memcached: None,
+        _result_server: None,
     }
 }
 

@@ -29,7 +29,14 @@ async fn won(store: &dyn CacheStore, key: &str) -> cm_store::Lease {
 }
 
 pub async fn get_many_returns_values_in_key_order_with_misses(h: &Harness) {
-    let keys: Vec<String> = (0..5).map(|i| h.key(&format!("gm{i}"))).collect();
+    // Results and metadata alternate: with split pools the answers of both
+    // come back in the caller's order.
+    let keys: Vec<String> = (0..5)
+        .map(|i| match i % 2 {
+            0 => h.key(&format!("q:gm{i}")),
+            _ => h.key(&format!("hb:gm{i}")),
+        })
+        .collect();
     for (i, key) in keys.iter().enumerate() {
         if i != 2 {
             h.store
@@ -60,7 +67,7 @@ pub async fn get_many_returns_values_in_key_order_with_misses(h: &Harness) {
 }
 
 pub async fn first_lease_read_wins_and_concurrent_ones_wait(h: &Harness) {
-    let key = h.key("lease-race");
+    let key = h.key("q:lease-race");
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let store = Arc::clone(&h.store);
@@ -83,7 +90,7 @@ pub async fn first_lease_read_wins_and_concurrent_ones_wait(h: &Harness) {
 }
 
 pub async fn filled_lease_turns_into_hits(h: &Harness) {
-    let key = h.key("lease-fill");
+    let key = h.key("q:lease-fill");
     let lease = won(&*h.store, &key).await;
     assert!(h
         .store
@@ -107,7 +114,7 @@ pub async fn filled_lease_turns_into_hits(h: &Harness) {
 /// The stale-set race: a reader takes the lease and queries old data, the
 /// invalidator deletes the key, the reader's fill must then store nothing.
 pub async fn delete_during_fill_voids_the_lease(h: &Harness) {
-    let key = h.key("stale-set");
+    let key = h.key("q:stale-set");
     let lease = won(&*h.store, &key).await;
     h.store.delete_many(&[&key]).await.unwrap();
     assert!(!h
@@ -135,7 +142,7 @@ pub async fn delete_during_fill_voids_the_lease(h: &Harness) {
 }
 
 pub async fn released_lease_lets_the_next_reader_win(h: &Harness) {
-    let key = h.key("lease-release");
+    let key = h.key("q:lease-release");
     let lease = won(&*h.store, &key).await;
     assert_eq!(
         h.store.get_with_lease(&key, LEASE_TTL).await.unwrap(),
@@ -157,7 +164,7 @@ pub async fn released_lease_lets_the_next_reader_win(h: &Harness) {
 }
 
 pub async fn lease_placeholder_expires_after_its_ttl(h: &Harness) {
-    let key = h.key("lease-expiry");
+    let key = h.key("q:lease-expiry");
     let first = match h
         .store
         .get_with_lease(&key, Duration::from_secs(1))
@@ -751,7 +758,7 @@ pub async fn values_over_the_limit_are_rejected_and_at_the_limit_stored(h: &Harn
         matches!(result, Err(StoreError::ValueTooLarge { len, limit, .. }) if len == over.len() && limit == h.max_value_bytes),
         "{result:?}"
     );
-    let lease_key = h.key("big");
+    let lease_key = h.key("q:big");
     let lease = won(&*h.store, &lease_key).await;
     assert!(matches!(
         h.store

@@ -1,5 +1,8 @@
-//! `cm-test-servers --env-file PATH`: starts one PostgreSQL cluster and one
-//! memcached for a whole test run, writes `export CM_TEST_PG_URL=...` and
+//! `cm-test-servers --env-file PATH [--result-server]`: starts one PostgreSQL
+//! cluster and one memcached (`-M`: it never evicts, as the cache's metadata
+//! servers must not) for a whole test run, plus with `--result-server` a
+//! second memcached that evicts, for results (`export
+//! CM_TEST_MEMCACHED_RESULTS=...`); writes `export CM_TEST_PG_URL=...` and
 //! `export CM_TEST_MEMCACHED=...` to PATH (atomically), prints the same
 //! lines, and keeps both servers up until SIGTERM, SIGINT or SIGHUP (or until
 //! its parent process goes away), then stops them and exits 0.
@@ -8,21 +11,32 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cm_testkit::{MemcachedServer, PgCluster, TestkitError, ENV_MEMCACHED, ENV_PG_URL};
+use cm_testkit::{
+    MemcachedOptions, MemcachedServer, PgCluster, TestkitError, ENV_MEMCACHED, ENV_PG_URL,
+};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: cm-test-servers --env-file PATH";
+const USAGE: &str = "usage: cm-test-servers --env-file PATH [--result-server]";
+
+/// The variable naming the result server started by `--result-server`.
+const ENV_RESULTS: &str = "CM_TEST_MEMCACHED_RESULTS";
+
+/// What the command line asks for.
+struct Args {
+    env_file: PathBuf,
+    result_server: bool,
+}
 
 fn main() -> ExitCode {
-    let env_file = match parse_args(std::env::args().skip(1)) {
-        Ok(path) => path,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
         Err(msg) => {
             eprintln!("cm-test-servers: {msg}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    match run(&env_file) {
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cm-test-servers: {e}");
@@ -31,10 +45,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<PathBuf, String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut env_file = None;
+    let mut result_server = false;
     while let Some(arg) = args.next() {
-        if arg == "--env-file" {
+        if arg == "--result-server" {
+            result_server = true;
+        } else if arg == "--env-file" {
             env_file = Some(args.next().ok_or("--env-file needs a path")?);
         } else if let Some(path) = arg.strip_prefix("--env-file=") {
             env_file = Some(path.to_string());
@@ -45,12 +62,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<PathBuf, String>
         }
     }
     match env_file {
-        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        Some(path) if !path.is_empty() => Ok(Args {
+            env_file: PathBuf::from(path),
+            result_server,
+        }),
         _ => Err("--env-file is required".to_string()),
     }
 }
 
-fn run(env_file: &Path) -> Result<(), TestkitError> {
+fn run(args: &Args) -> Result<(), TestkitError> {
+    let env_file = args.env_file.as_path();
     // Registered first, so a signal during start-up is not lost: it ends the wait below.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|source| TestkitError::Io {
@@ -61,12 +82,22 @@ fn run(env_file: &Path) -> Result<(), TestkitError> {
 
     let pg = PgCluster::start()?;
     let memcached = MemcachedServer::start()?;
+    let results = match args.result_server {
+        true => Some(MemcachedServer::start_with(MemcachedOptions {
+            evictions: true,
+            ..MemcachedOptions::metadata()
+        })?),
+        false => None,
+    };
 
-    let text = format!(
+    let mut text = format!(
         "export {ENV_PG_URL}='{}'\nexport {ENV_MEMCACHED}='{}'\n",
         pg.admin_url(),
         memcached.addr()
     );
+    if let Some(results) = &results {
+        text.push_str(&format!("export {ENV_RESULTS}='{}'\n", results.addr()));
+    }
     write_atomically(env_file, &text)?;
     print!("{text}");
 
@@ -82,6 +113,7 @@ fn run(env_file: &Path) -> Result<(), TestkitError> {
     }
 
     let _ = std::fs::remove_file(env_file);
+    drop(results);
     drop(memcached);
     drop(pg);
     Ok(())

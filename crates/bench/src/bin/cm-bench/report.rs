@@ -217,7 +217,7 @@ fn rows(f: &Figures, micro: &[(String, String)]) -> Vec<Row> {
         let raw = num(f, "reader.raw_get_p50_us");
         let pg = num(f, "reader.pg_p50_us");
         rows.push(row(
-            "reader: hit p50 / p99 (us)",
+            "reader: hit p50 / p99, one pool (us)",
             format!(
                 "{} / {}",
                 get(f, "reader.hit_p50_us"),
@@ -226,6 +226,20 @@ fn rows(f: &Figures, micro: &[(String, String)]) -> Vec<Row> {
             "-",
             None,
         ));
+        if f.contains_key("reader.hit_split_p50_us") {
+            // The same hits, results and metadata on two memcached pools
+            // (docs/eviction.md): the before and after of the eviction design.
+            rows.push(row(
+                "reader: hit p50 / p99, results + metadata pools (us)",
+                format!(
+                    "{} / {}",
+                    get(f, "reader.hit_split_p50_us"),
+                    get(f, "reader.hit_split_p99_us")
+                ),
+                "-",
+                None,
+            ));
+        }
         rows.push(row(
             "reader: raw memcached get p50 / p99 (us)",
             format!(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use cm_bench::percentile;
 use cm_keys::SchemaConfig;
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
-use cm_store::LeaseOutcome;
+use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls};
 
@@ -95,6 +95,7 @@ pub async fn run(b: &Bench) -> Result<()> {
     r.put("reader.hit_p50_us", micros(&hit, 0.5))?;
     r.put("reader.hit_p99_us", micros(&hit, 0.99))?;
     r.put("reader.hit_check_hits", metrics.hits)?;
+    split_pool_hits(b, iterations).await?;
     profile_hits(b, &reader, iterations).await?;
 
     // The cached result's size: the result key the fill created.
@@ -168,6 +169,51 @@ pub async fn run(b: &Bench) -> Result<()> {
     for cached in [true, false] {
         mix(b, cached, seconds).await?;
     }
+    Ok(())
+}
+
+/// The same hits with results on their own memcached
+/// (`$CM_TEST_MEMCACHED_RESULTS`, started by `cm-test-servers
+/// --result-server`) and the epoch, heartbeat and generations on the `-M`
+/// one: the multi-get of a hit is split over the two pools, run at once
+/// (docs/eviction.md). Skipped, with a note, without that server.
+///
+/// The invalidator of this run knows only the metadata server, so it would
+/// not delete this reader's results: they are read here only, before any
+/// write of the later phases.
+async fn split_pool_hits(b: &Bench, iterations: u64) -> Result<()> {
+    let Ok(results) = std::env::var("CM_TEST_MEMCACHED_RESULTS") else {
+        eprintln!("  note: no CM_TEST_MEMCACHED_RESULTS; no split-pool hit timing");
+        return Ok(());
+    };
+    let mut config = MemcachedConfig::new([b.memcached.clone()]).with_result_servers([results]);
+    config.timeout = Duration::from_secs(2);
+    let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(config).await?);
+    let client = connect(&b.db_url).await?;
+    let cache = QueryCache::discover(
+        &client,
+        b.space.clone(),
+        store,
+        &SchemaConfig::default(),
+        ReaderOptions::default(),
+    )
+    .await?;
+    let reader = CachingClient::new(client, Arc::new(cache));
+    reader.query(QUERY, &[&0_i32]).await?;
+    let hits = reader.metrics().hits;
+    let split = timed!(iterations, |_| async {
+        anyhow::Ok(reader.query(QUERY, &[&0_i32]).await?.len())
+    });
+    if reader.metrics().hits != hits + iterations {
+        bail!(
+            "split pools: not every timed read was a hit: {:?}",
+            reader.metrics()
+        );
+    }
+    b.results
+        .put("reader.hit_split_p50_us", micros(&split, 0.5))?;
+    b.results
+        .put("reader.hit_split_p99_us", micros(&split, 0.99))?;
     Ok(())
 }
 
