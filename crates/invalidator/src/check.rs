@@ -11,6 +11,7 @@ use cm_keys::{KeySpace, SchemaModel, TableName};
 use cm_store::CacheStore;
 
 use crate::config::InvalidatorConfig;
+use crate::coverage::coverage_findings;
 use crate::ddl_trigger::trigger_state;
 use crate::identity::{verdicts, IdentityVerdict, Verdict};
 
@@ -69,6 +70,7 @@ pub async fn database_findings(
     for verdict in verdicts(client, Some(&config.postgres.publication)).await? {
         out.push(identity_finding(&verdict, model));
     }
+    out.extend(coverage_findings(client, &config.postgres.publication, model).await?);
     Ok(out)
 }
 

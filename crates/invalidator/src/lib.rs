@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod changes;
 pub mod check;
 pub mod config;
+pub mod coverage;
 pub mod ddl;
 pub mod ddl_trigger;
 pub mod error_text;

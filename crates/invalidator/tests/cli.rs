@@ -84,6 +84,31 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
     let out = h.run_cli(&["check"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("STATUS"), "a table for humans");
+    // A table outside the publication is listed as read through.
+    let out = h.run_cli(&["check", "--json"]);
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nopk = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "coverage public.nopk")
+        .unwrap_or_else(|| panic!("no coverage finding for nopk: {findings}"));
+    assert_eq!(nopk["status"], "warn");
+    assert!(
+        nopk["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not in publication cm_pub"),
+        "{nopk}"
+    );
+    assert!(
+        !findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "coverage public.book"),
+        "a published table cached row by row is not listed: {findings}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
