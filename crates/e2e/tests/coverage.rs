@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cm_keys::{KeySpace, SchemaConfig};
-use cm_reader::{CachingClient, QueryCache, RawValue, ReaderOptions};
+use cm_reader::{CachedRow, CachingClient, QueryCache, RawValue, ReaderOptions};
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::TestEnv;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Row};
 
 use support::invalidator::{self, Worker};
 
@@ -38,6 +38,17 @@ CREATE TABLE sale_rest PARTITION OF sale DEFAULT;
 INSERT INTO sale VALUES (1, 'eu', 100), (2, 'us', 200);
 CREATE TABLE sale_asia (id int, region text, total int, PRIMARY KEY (id, region));
 INSERT INTO sale_asia VALUES (3, 'asia', 300);
+CREATE TABLE extra (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO extra VALUES (8, 'eight');
+CREATE VIEW everything AS
+  SELECT id, 'item' AS kind, name FROM item
+  UNION ALL SELECT id, 'extra' AS kind, name FROM extra;
+CREATE TABLE measure (id int NOT NULL, year int NOT NULL, v int NOT NULL);
+CREATE TABLE measure_2023 (PRIMARY KEY (id), CHECK (year = 2023)) INHERITS (measure);
+CREATE TABLE measure_2024 (PRIMARY KEY (id), CHECK (year = 2024)) INHERITS (measure);
+ALTER TABLE measure REPLICA IDENTITY FULL;
+ALTER TABLE measure_2023 REPLICA IDENTITY FULL; ALTER TABLE measure_2024 REPLICA IDENTITY FULL;
+INSERT INTO measure_2023 VALUES (1, 2023, 10); INSERT INTO measure_2024 VALUES (2, 2024, 20);
 ";
 
 /// A running worker over a fresh database, and a reader on it.
@@ -150,47 +161,42 @@ impl Stack {
 
     async fn cached_once(&self, sql: &str) -> Rendered {
         let rows = self.cached.query(sql, &[]).await.unwrap();
-        let mut out = Rendered::default();
-        if let Some(first) = rows.first() {
-            out.columns = first
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
-        }
-        for row in &rows {
-            out.rows.push(
-                (0..row.len())
-                    .map(|i| row.raw(i).map(<[u8]>::to_vec))
-                    .collect(),
-            );
-        }
-        out.rows.sort();
-        out
+        let columns = rows.first().map(|r| r.columns().iter().map(|c| c.name()));
+        Rendered::new(columns, cached_raw(&rows))
     }
 
     /// The same statement, straight from the database, on a session with
     /// the same `search_path` as the cached client's.
     async fn direct_read(&self, sql: &str) -> Rendered {
-        let client = self.cached.client();
-        let rows = client.query(sql, &[]).await.unwrap();
-        let mut out = Rendered::default();
-        if let Some(first) = rows.first() {
-            out.columns = first
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
+        let rows = self.cached.client().query(sql, &[]).await.unwrap();
+        let columns = rows.first().map(|r| r.columns().iter().map(|c| c.name()));
+        Rendered::new(columns, direct_raw(&rows))
+    }
+
+    /// Reads `sql` with the text parameter `param` through the cache,
+    /// twice, returning the raw rows.
+    async fn cached_with(&self, sql: &str, param: &str) -> RawRows {
+        let mut rows = Vec::new();
+        for _ in 0..2 {
+            rows = cached_raw(&self.cached.query(sql, &[&param]).await.unwrap());
         }
-        for row in &rows {
-            out.rows.push(
-                (0..row.len())
-                    .map(|i| row.get::<_, Option<RawValue>>(i).map(|v| v.0))
-                    .collect(),
-            );
-        }
-        out.rows.sort();
-        out
+        rows
+    }
+
+    /// Learns `sql` with `first` (the plan prunes what `second` reads),
+    /// caches it for `second`, runs `write`, fences, and checks `second`.
+    async fn check_pruned(&self, sql: &str, first: &str, second: &str, write: &str) {
+        self.cached_with(sql, first).await;
+        let before = self.cached_with(sql, second).await;
+        self.psql(write);
+        self.fence().await;
+        let cached = self.cached_with(sql, second).await;
+        let direct = direct_raw(&self.cached.client().query(sql, &[&second]).await.unwrap());
+        assert_eq!(cached, direct, "stale after {write:?}: {sql} with {second}");
+        assert_ne!(
+            cached, before,
+            "{write:?} did not change {sql} with {second}"
+        );
     }
 
     /// Caches `reads`, runs `change`, fences, and checks every read.
@@ -212,11 +218,40 @@ impl Stack {
     }
 }
 
+/// Rows as raw wire values (`None` for NULL).
+type RawRows = Vec<Vec<Option<Vec<u8>>>>;
+
+fn cached_raw(rows: &[CachedRow]) -> RawRows {
+    rows.iter()
+        .map(|r| (0..r.len()).map(|i| r.raw(i).map(<[u8]>::to_vec)).collect())
+        .collect()
+}
+
+fn direct_raw(rows: &[Row]) -> RawRows {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<RawValue>>(i).map(|v| v.0))
+                .collect()
+        })
+        .collect()
+}
+
 /// A result as column names and sorted raw rows.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rendered {
     columns: Vec<String>,
-    rows: Vec<Vec<Option<Vec<u8>>>>,
+    rows: RawRows,
+}
+
+impl Rendered {
+    fn new<'a>(columns: Option<impl Iterator<Item = &'a str>>, mut rows: RawRows) -> Rendered {
+        rows.sort();
+        Rendered {
+            columns: columns.map_or_else(Vec::new, |c| c.map(str::to_owned).collect()),
+            rows,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,6 +306,41 @@ async fn each_kind_of_ddl_invalidates_without_a_row_write() {
     s.check(
         "REFRESH MATERIALIZED VIEW item_total",
         &["SELECT total FROM item_total"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_a_plan_pruned_for_the_first_values_invalidate_with_the_real_worker() {
+    let s = Stack::start().await;
+    s.check_pruned(
+        "SELECT id, name FROM everything WHERE kind = $1 ORDER BY id",
+        "item",
+        "extra",
+        "UPDATE extra SET name = 'changed' WHERE id = 8",
+    )
+    .await;
+    s.check_pruned(
+        "SELECT id, v FROM measure WHERE year = $1::text::int",
+        "2023",
+        "2024",
+        "UPDATE measure_2024 SET v = 21",
+    )
+    .await;
+    s.check_pruned(
+        "SELECT id, total FROM sale WHERE region = $1",
+        "eu",
+        "us",
+        "UPDATE sale_rest SET total = 201",
+    )
+    .await;
+    // The materialized view changes only by REFRESH, here after a write.
+    s.psql("UPDATE item SET price = price + 5");
+    s.check_pruned(
+        "SELECT total FROM item_total WHERE total > $1::text::int",
+        "1000",
+        "0",
+        "REFRESH MATERIALIZED VIEW item_total",
     )
     .await;
 }

@@ -1,8 +1,14 @@
-//! The randomized end-to-end test (issue 7, item 5): three kinds of writer
-//! (psql processes, Python with psycopg, tokio-postgres) and cached readers
-//! run at once against a schema with an FK chain, a composite key, a
-//! partitioned table, a view and a toasted column, while the real
-//! `cm-invalidator run` follows the WAL. After the writers finish, a fence
+//! The randomized end-to-end test: three kinds of writer (psql processes,
+//! Python with psycopg, tokio-postgres) and cached readers run at once
+//! against a schema with an FK chain, a composite key, a partitioned table,
+//! a view and a toasted column, while the real `cm-invalidator run` follows
+//! the WAL. A fourth lane (psql) changes the coverage constructs (views over
+//! views, a UNION ALL view, inheritance children, a default partition, a
+//! materialized view) and runs DDL mid-run: a view redefined, a partition
+//! created and one detached, a column added and dropped, a refresh, and a
+//! view that comes to shadow `addon` on the readers' search path. Results
+//! live on a small memcached that evicts (4 MiB); flush lists and
+//! generations on one that never does. After the writers finish, a fence
 //! waits until the worker's heartbeat passes the final WAL position; then
 //! every read the readers made is repeated through the cache and straight
 //! against PostgreSQL, and must agree: 0 stale.
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use cm_keys::{KeySpace, SchemaConfig};
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
-use cm_testkit::TestEnv;
+use cm_testkit::{MemcachedServer, TestEnv};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio_postgres::NoTls;
@@ -59,6 +65,13 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A reader's or checker's session: `api` first on the search path.
+async fn connect_reader(url: &str) -> tokio_postgres::Client {
+    let client = connect(url).await;
+    client.batch_execute(readers::SEARCH_PATH).await.unwrap();
+    client
+}
+
 async fn current_lsn(client: &tokio_postgres::Client) -> u64 {
     let row = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -84,13 +97,21 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
         .unwrap();
     env.pg.psql(schema::SCHEMA).unwrap();
     env.pg.psql(&schema::seed_sql()).unwrap();
+    env.pg.psql(schema::COVERAGE_SCHEMA).unwrap();
+    let results = tokio::task::spawn_blocking(|| MemcachedServer::start_evicting(4))
+        .await
+        .unwrap()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("invalidator.toml");
     let slot = env.pg.unique_name("cm_e2e");
     let prefix = env.memcached.key_prefix().to_owned();
     std::fs::write(
         &config,
-        schema::invalidator_toml(&env.pg.url(), &slot, env.memcached.addr(), &prefix),
+        schema::invalidator_toml(&env.pg.url(), &slot, env.memcached.addr(), &prefix).replace(
+            "[cache]\n",
+            &format!("[cache]\nresult_servers = ['{}']\n", results.addr()),
+        ),
     )
     .unwrap();
     let bin = tokio::task::spawn_blocking(invalidator::binary)
@@ -102,11 +123,12 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
     let mut worker = Worker::spawn(&bin, &config, &worker_log).unwrap();
     let worker_stderr = || std::fs::read_to_string(&worker_log).unwrap_or_default();
 
-    let mut memcached = MemcachedConfig::new([env.memcached.addr().to_owned()]);
+    let mut memcached = MemcachedConfig::new([env.memcached.addr().to_owned()])
+        .with_result_servers([results.addr()]);
     memcached.timeout = Duration::from_secs(2);
     let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(memcached).await.unwrap());
     let space = KeySpace::new(prefix).unwrap();
-    let admin = connect(&env.pg.url()).await;
+    let admin = connect_reader(&env.pg.url()).await;
     let lsn = current_lsn(&admin).await;
     invalidator::wait_applied(&store, &space, lsn, Duration::from_secs(60))
         .await
@@ -143,11 +165,12 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
         .collect();
     assert_eq!(lanes.len(), LANES);
     let reader_seeds: Vec<u64> = (0..readers_count()).map(|_| master.random()).collect();
+    let coverage_steps = schema::coverage_steps(&mut StdRng::seed_from_u64(master.random()));
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut reader_tasks = Vec::new();
     for reader_seed in reader_seeds {
-        let client = CachingClient::new(connect(&env.pg.url()).await, cache.clone());
+        let client = CachingClient::new(connect_reader(&env.pg.url()).await, cache.clone());
         reader_tasks.push(tokio::spawn(readers::run_reader(
             client,
             StdRng::seed_from_u64(reader_seed),
@@ -159,6 +182,15 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
     let [psql_txs, python_txs, tokio_txs]: [Vec<Tx>; LANES] = lanes.try_into().unwrap();
     let psql = writers::Psql::new(&env.pg);
     let conninfo = env.pg.key_value_conninfo();
+    let coverage_psql = writers::Psql::new(&env.pg);
+    let coverage_lane = tokio::task::spawn_blocking(move || {
+        for step in &coverage_steps {
+            coverage_psql
+                .script(step)
+                .unwrap_or_else(|e| panic!("coverage lane: {step}: {e}"));
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
     let (psql_written, python_written, tokio_written) = tokio::join!(
         async {
             tokio::task::spawn_blocking(move || psql.run(&psql_txs, 20))
@@ -176,6 +208,9 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
         .zip(["psql", "python", "tokio-postgres"])
         .map(|(result, name)| result.unwrap_or_else(|e| panic!("{name} writer (seed {seed}): {e}")))
         .collect();
+    coverage_lane
+        .await
+        .unwrap_or_else(|e| panic!("coverage lane (seed {seed}): {e}"));
     let write_time = writes_started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut reads: BTreeSet<Read> = BTreeSet::new();
@@ -202,8 +237,8 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
     let mut checks = Vec::new();
     for chunk in reads.chunks(reads.len().div_ceil(4).max(1)) {
         let chunk = chunk.to_vec();
-        let cached = CachingClient::new(connect(&env.pg.url()).await, cache.clone());
-        let direct = connect(&env.pg.url()).await;
+        let cached = CachingClient::new(connect_reader(&env.pg.url()).await, cache.clone());
+        let direct = connect_reader(&env.pg.url()).await;
         checks.push(tokio::spawn(async move {
             let mut stale = Vec::new();
             for read in &chunk {
@@ -231,7 +266,7 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
     let mut persistent = 0;
     if !stale.is_empty() {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let cached = CachingClient::new(connect(&env.pg.url()).await, cache.clone());
+        let cached = CachingClient::new(connect_reader(&env.pg.url()).await, cache.clone());
         for (read, _, _) in &stale {
             let again = readers::cached(&cached, read).await.unwrap();
             if again != readers::direct(&admin, read).await.unwrap() {
@@ -268,6 +303,8 @@ async fn randomized_writers_and_readers_leave_no_stale_result() {
             read.1
         );
     }
+    let evictions = results.stats().unwrap().get("evictions").cloned();
+    println!("result server evictions: {evictions:?}");
     assert!(
         stale.is_empty(),
         "{} stale results after the fence, {persistent} of them still stale 3 s later \

@@ -169,6 +169,11 @@ impl QueryCache {
     pub(crate) fn schema_changed(&self) {
         self.metrics.schema_changes();
         self.statements.clear();
+        // Column names by attnum change with renames, drops and re-creates.
+        self.attribute_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The current schema version, created (at a random start, like every

@@ -75,6 +75,95 @@ CREATE VIEW addon_listing AS
     FROM addon a JOIN author au ON au.id = a.author_id;
 ";
 
+/// The constructs a statement's text alone misjudges, read by the readers
+/// and changed (rows and DDL) by the coverage lane during the run: a view
+/// over a view, a UNION ALL view whose branches read different tables, an
+/// inheritance parent with CHECK-constrained children, a list-partitioned
+/// table with a default partition (and a partition created mid-run), a
+/// materialized view, and a schema `api` first on the readers' search path
+/// where a view shadowing `addon` appears mid-run.
+pub const COVERAGE_SCHEMA: &str = "
+CREATE SCHEMA api;
+CREATE VIEW addon_public AS
+    SELECT id, name, author_id, author_name FROM addon_listing WHERE status = 'public';
+CREATE VIEW catalog_entry AS
+    SELECT id, 'addon' AS kind, name FROM addon
+    UNION ALL SELECT id, 'version' AS kind, number AS name FROM version WHERE channel = 'listed';
+CREATE TABLE metric (id int NOT NULL, lane text NOT NULL, v int NOT NULL);
+CREATE TABLE metric_a (PRIMARY KEY (id), CHECK (lane = 'a')) INHERITS (metric);
+CREATE TABLE metric_b (PRIMARY KEY (id), CHECK (lane = 'b')) INHERITS (metric);
+ALTER TABLE metric REPLICA IDENTITY FULL;
+ALTER TABLE metric_a REPLICA IDENTITY FULL;
+ALTER TABLE metric_b REPLICA IDENTITY FULL;
+INSERT INTO metric_a SELECT i, 'a', i FROM generate_series(1, 20) i;
+INSERT INTO metric_b SELECT i, 'b', i FROM generate_series(21, 40) i;
+CREATE TABLE reading (id int NOT NULL, kind text NOT NULL, v int NOT NULL,
+                      PRIMARY KEY (id, kind)) PARTITION BY LIST (kind);
+CREATE TABLE reading_a PARTITION OF reading FOR VALUES IN ('a');
+CREATE TABLE reading_b PARTITION OF reading FOR VALUES IN ('b');
+CREATE TABLE reading_rest PARTITION OF reading DEFAULT;
+ALTER TABLE reading_a REPLICA IDENTITY FULL;
+ALTER TABLE reading_b REPLICA IDENTITY FULL;
+ALTER TABLE reading_rest REPLICA IDENTITY FULL;
+INSERT INTO reading SELECT i, (ARRAY['a','b','q'])[1 + i % 3], i FROM generate_series(1, 30) i;
+CREATE MATERIALIZED VIEW addon_count AS SELECT status, count(*) AS n FROM addon GROUP BY status;
+";
+
+/// The coverage lane: row writes to the constructs of [`COVERAGE_SCHEMA`]
+/// with DDL at fixed steps, each step one psql script.
+pub fn coverage_steps(rng: &mut rand::rngs::StdRng) -> Vec<String> {
+    use rand::RngExt;
+    let mut steps = Vec::new();
+    let mut next_id = 1_000;
+    for step in 0..60 {
+        let ddl = match step {
+            8 => Some(
+                "CREATE OR REPLACE VIEW catalog_entry AS \
+                SELECT id, 'addon' AS kind, upper(name) AS name FROM addon \
+                UNION ALL SELECT id, 'version' AS kind, number AS name FROM version \
+                WHERE channel = 'listed'",
+            ),
+            14 | 44 => Some("REFRESH MATERIALIZED VIEW addon_count"),
+            20 => Some("CREATE TABLE reading_z PARTITION OF reading FOR VALUES IN ('z')"),
+            26 => Some("ALTER TABLE metric ADD COLUMN note text DEFAULT 'n'"),
+            34 => Some(
+                "CREATE VIEW api.addon AS \
+                SELECT id, author_id, status, upper(name) AS name FROM public.addon",
+            ),
+            40 => Some("ALTER TABLE metric DROP COLUMN note"),
+            50 => Some("ALTER TABLE reading DETACH PARTITION reading_b"),
+            54 => Some(
+                "CREATE OR REPLACE VIEW catalog_entry AS \
+                SELECT id, 'addon' AS kind, name FROM addon \
+                UNION ALL SELECT id, 'version' AS kind, number AS name FROM version \
+                WHERE channel = 'listed'",
+            ),
+            _ => None,
+        };
+        if let Some(ddl) = ddl {
+            steps.push(ddl.to_owned());
+            continue;
+        }
+        next_id += 1;
+        let id = rng.random_range(1..=40);
+        let kinds: &[&str] = if step > 20 {
+            &["a", "b", "q", "z"]
+        } else {
+            &["a", "b", "q"]
+        };
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        let lane = if rng.random_bool(0.5) { "a" } else { "b" };
+        steps.push(match rng.random_range(0..5) {
+            0 => format!("INSERT INTO metric_{lane} (id, lane, v) VALUES ({next_id}, '{lane}', 1)"),
+            1 => format!("UPDATE metric SET v = v + 1 WHERE id = {id}"),
+            2 => format!("INSERT INTO reading VALUES ({next_id}, '{kind}', {id})"),
+            3 => format!("UPDATE reading SET v = v + 1 WHERE id % 7 = {}", id % 7),
+            _ => format!("DELETE FROM metric WHERE id = {id}"),
+        });
+    }
+    steps
+}
+
 /// The table mapping (cm-keys `SchemaConfig` shape).
 pub const MAPPING: &str = "[tables.\"public.addon\"]\npredicates = [[\"status\"]]\n";
 

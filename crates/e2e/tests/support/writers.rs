@@ -64,6 +64,20 @@ impl Psql {
         }
     }
 
+    /// Runs one script to completion, stopping at its first error.
+    pub fn script(&self, sql: &str) -> Result<(), String> {
+        let out = self
+            .command()
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
