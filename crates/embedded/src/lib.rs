@@ -146,7 +146,8 @@ impl EmbeddedCache {
             publication: Some(options.publication.clone()),
             ..options.reader.clone()
         };
-        let cache = QueryCache::new(space.clone(), shared, model, reader)?;
+        let cache = QueryCache::new(space.clone(), shared, model, reader)?
+            .with_schema_mapping(options.schema.clone());
         Ok(EmbeddedCache {
             client: CachingClient::new(sql, Arc::new(cache)),
             store,

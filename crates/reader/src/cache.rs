@@ -131,9 +131,16 @@ impl QueryCache {
         options: ReaderOptions,
     ) -> Result<QueryCache, ReaderError> {
         let model = discover_model(client, config).await?;
-        let mut cache = QueryCache::new(space, store, Arc::new(model), options)?;
-        cache.mapping = Some(config.clone());
-        Ok(cache)
+        Ok(QueryCache::new(space, store, Arc::new(model), options)?
+            .with_schema_mapping(config.clone()))
+    }
+
+    /// Lets a cache built with [`QueryCache::new`] re-read its model (with
+    /// `mapping`, which must be the one the model was built with) when the
+    /// invalidator reports DDL, as [`QueryCache::discover`] does.
+    pub fn with_schema_mapping(mut self, mapping: SchemaConfig) -> QueryCache {
+        self.mapping = Some(mapping);
+        self
     }
 
     /// The learned statement for `sql` in `namespace`, learning it (under
