@@ -28,6 +28,14 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// The reader's options: the publication the bench's worker streams.
+fn reader_options(b: &Bench) -> ReaderOptions {
+    ReaderOptions {
+        publication: Some(b.publication.clone()),
+        ..ReaderOptions::default()
+    }
+}
+
 async fn caching_client(b: &Bench) -> Result<CachingClient<Client>> {
     let client = connect(&b.db_url).await?;
     let cache = QueryCache::discover(
@@ -35,10 +43,7 @@ async fn caching_client(b: &Bench) -> Result<CachingClient<Client>> {
         b.space.clone(),
         Arc::clone(&b.store),
         &SchemaConfig::default(),
-        ReaderOptions {
-            publication: Some(b.publication.clone()),
-            ..ReaderOptions::default()
-        },
+        reader_options(b),
     )
     .await?;
     Ok(CachingClient::new(client, Arc::new(cache)))
@@ -195,7 +200,7 @@ async fn split_pool_hits(b: &Bench, iterations: u64) -> Result<()> {
         b.space.clone(),
         store,
         &SchemaConfig::default(),
-        ReaderOptions::default(),
+        reader_options(b),
     )
     .await?;
     let reader = CachingClient::new(client, Arc::new(cache));
