@@ -92,12 +92,9 @@ impl Stack {
             ),
         )
         .unwrap();
-        let bin = tokio::task::spawn_blocking(invalidator::binary)
+        let worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
             .await
-            .unwrap()
             .unwrap();
-        invalidator::run_cli(&bin, &config, &["setup"]).unwrap();
-        let worker = Worker::spawn(&bin, &config, &dir.path().join("worker.log")).unwrap();
         let store: Arc<dyn CacheStore> = Arc::new(
             MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
                 .await
@@ -137,15 +134,14 @@ impl Stack {
 
     /// Waits until the worker has applied everything committed so far.
     async fn fence(&self) {
-        let row = self
-            .admin
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap();
-        let lsn = invalidator::parse_lsn(row.get(0)).unwrap();
-        invalidator::wait_applied(&self.store, &self.space, lsn, Duration::from_secs(30))
-            .await
-            .unwrap();
+        invalidator::fence(
+            &self.admin,
+            &self.store,
+            &self.space,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     }
 
     fn psql(&self, sql: &str) {

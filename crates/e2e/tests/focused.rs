@@ -13,7 +13,7 @@ use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::TestEnv;
 use tokio_postgres::NoTls;
 
-use support::invalidator::{self, Worker};
+use support::invalidator;
 use support::ops::Value;
 use support::readers::{self, Read, QUERIES};
 use support::schema;
@@ -49,12 +49,9 @@ async fn each_write_invalidates_counts_and_lists() {
         ),
     )
     .unwrap();
-    let bin = tokio::task::spawn_blocking(invalidator::binary)
+    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
         .await
-        .unwrap()
         .unwrap();
-    invalidator::run_cli(&bin, &config, &["setup"]).unwrap();
-    let _worker = Worker::spawn(&bin, &config, &dir.path().join("worker.log")).unwrap();
     let store: Arc<dyn CacheStore> = Arc::new(
         MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
             .await
@@ -63,12 +60,7 @@ async fn each_write_invalidates_counts_and_lists() {
     let space = KeySpace::new(prefix).unwrap();
     let admin = connect(&env.pg.url()).await;
     let fence = || async {
-        let row = admin
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap();
-        let lsn = invalidator::parse_lsn(row.get(0)).unwrap();
-        invalidator::wait_applied(&store, &space, lsn, Duration::from_secs(30))
+        invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
             .await
             .unwrap();
     };

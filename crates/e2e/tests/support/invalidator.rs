@@ -103,6 +103,34 @@ impl Drop for Worker {
     }
 }
 
+/// Builds (or finds) the binary, runs `setup` with `config`, then starts
+/// `run`, its stderr going to `log`.
+pub async fn set_up_and_run(config: &Path, log: &Path) -> Result<Worker, String> {
+    let bin = tokio::task::spawn_blocking(binary)
+        .await
+        .map_err(|e| e.to_string())??;
+    run_cli(&bin, config, &["setup"])?;
+    Worker::spawn(&bin, config, log)
+}
+
+/// The fence from the database's side: waits until the worker has applied
+/// everything committed before now (the current WAL position, read on
+/// `admin`).
+pub async fn fence(
+    admin: &tokio_postgres::Client,
+    store: &Arc<dyn CacheStore>,
+    space: &KeySpace,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let row = admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let text: &str = row.get(0);
+    let lsn = parse_lsn(text).ok_or_else(|| format!("not an LSN: {text}"))?;
+    wait_applied(store, space, lsn, timeout).await
+}
+
 /// Parses `X/Y`, PostgreSQL's LSN notation.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.trim().split_once('/')?;
