@@ -19,10 +19,18 @@ impl Generation {
         self.0
     }
 
-    /// A fresh random generation from the operating system's random source.
+    /// A fresh random generation from the operating system's random source,
+    /// below 2^63. memcached (1.6.18 as Debian ships it) refuses to INCR a
+    /// value of 2^63 or more now and then: its number parser, for a value
+    /// that is negative as a signed number, looks for a '-' with `strchr`
+    /// past the item's data into whatever the slab chunk holds next, and
+    /// answers "non-numeric value" when it finds one there. 63 random bits
+    /// keep every value clear of that path for any number of bumps, and
+    /// still make a re-created generation match an old one with
+    /// probability 2^-63.
     pub fn random() -> Result<Generation, StoreError> {
         getrandom::u64()
-            .map(Generation)
+            .map(|bits| Generation(bits >> 1))
             .map_err(|e| StoreError::Random {
                 message: e.to_string(),
             })
@@ -58,6 +66,13 @@ impl std::fmt::Display for Generation {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_generations_stay_below_two_to_the_63() {
+        for _ in 0..10_000 {
+            assert!(Generation::random().unwrap().get() < 1 << 63);
+        }
+    }
 
     #[test]
     fn stored_form_round_trips_and_ignores_incr_padding() {
