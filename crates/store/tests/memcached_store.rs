@@ -298,3 +298,27 @@ async fn stale_value_goes_to_one_refresher_and_is_served_stale_to_others() {
         LeaseOutcome::Hit(b"new".to_vec())
     );
 }
+
+#[tokio::test]
+async fn a_generation_memcached_will_not_incr_is_bumped_by_replacement() {
+    let servers = start_servers(1).await;
+    let store = store_on(vec![servers[0].addr()], Duration::from_secs(2)).await;
+    // What memcached answers "non-numeric value" for, as it may for a
+    // generation of 2^63 or more written by an older version.
+    store
+        .write_heartbeat("cm:g:unincrementable", b"12x", TTL)
+        .await
+        .unwrap();
+    let bumped = store.bump_generation("cm:g:unincrementable").await.unwrap();
+    assert!(bumped.get() < 1 << 63);
+    let read = store
+        .get_many(&["cm:g:unincrementable"])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(read.value, bumped.get().to_string().into_bytes());
+    // It INCRs from then on.
+    let again = store.bump_generation("cm:g:unincrementable").await.unwrap();
+    assert_eq!(again.get(), bumped.get() + 1);
+}

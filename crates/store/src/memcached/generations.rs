@@ -54,7 +54,13 @@ impl Pool {
     pub(super) async fn bump_generation_now(&self, key: &str) -> Result<Generation, StoreError> {
         validate_key(key)?;
         for _ in 0..self.config.max_cas_attempts {
-            let incr = self.run("bump_generation", Arithmetic::new(key)).await?;
+            let incr = match self.run("bump_generation", Arithmetic::new(key)).await {
+                Ok(incr) => incr,
+                Err(StoreError::Server { message }) if message.contains("non-numeric") => {
+                    return self.replace_with_random_generation(key).await;
+                }
+                Err(error) => return Err(error),
+            };
             match (incr.status, incr.value) {
                 (MutationStatus::Applied, Some(value)) => return Ok(Generation(value)),
                 (MutationStatus::NotFound, _) => {
@@ -73,6 +79,25 @@ impl Pool {
             key: key.to_string(),
             attempts: self.config.max_cas_attempts,
         })
+    }
+
+    /// Bumps by replacement: a generation memcached will not INCR (one of
+    /// 2^63 or more, written before random starts stayed below it, can trip
+    /// memcached's number parser; see [`Generation::random`]) gets a fresh
+    /// random value instead. Any change is a bump: readers only compare
+    /// for equality, and a fresh value equals the old with probability
+    /// 2^-63.
+    async fn replace_with_random_generation(&self, key: &str) -> Result<Generation, StoreError> {
+        let generation = Generation::random()?;
+        let set = Set::new(key, generation.encode());
+        let result = self.run("replace_generation", set).await?;
+        if result.applied() {
+            Ok(generation)
+        } else {
+            Err(StoreError::Protocol {
+                message: format!("replacing the generation {key:?} was not stored"),
+            })
+        }
     }
 
     /// Adds a random generation; `None` if the key already exists.
