@@ -6,14 +6,21 @@
 //! (`query`, `query_one`, `query_opt`, `count`, `query_as`); rows come back
 //! as [`CachedRow`]s, read with `get::<T: FromSql>()` exactly like
 //! tokio-postgres rows. Nothing is declared: what a result depends on is
-//! discovered from the statement's plan (`EXPLAIN`: every base table, through
-//! views, joins and subqueries), its `WHERE` equalities (predicate and object
-//! keys) and its result columns' origins (row object keys and FK parents).
+//! discovered from the catalog (`closure.rs`: the names the text mentions,
+//! resolved under the session's `search_path`, through views, every `UNION`
+//! branch, inheritance children, partitions and SQL function bodies,
+//! whatever a plan would prune), its `WHERE` equalities where the catalog
+//! proves they name rows of one plain table (predicate and object keys),
+//! and its result columns' origins (row object keys and FK parents). What
+//! the worker cannot see (unpublished or unlogged tables, volatile or
+//! session-dependent functions) is read through; `docs/correctness.md` has
+//! the whole model.
 //!
 //! * Hit: one multi-get of the result, the epoch, the invalidator's
-//!   heartbeat and the tables' generations; served only if the epoch and
-//!   every generation equal those the result was filled under and the
-//!   heartbeat is younger than `max_staleness` (`fill.rs`).
+//!   heartbeat, the schema version and the generations of everything read;
+//!   served only if the epoch and every generation equal those the result
+//!   was filled under and the heartbeat is younger than `max_staleness`
+//!   (`fill.rs`). A moved schema version (DDL) drops the learned statements.
 //! * Miss: snapshot the generations, take the fill lease, join the flush
 //!   lists known before the query, run it, join the rows' flush lists, store
 //!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
@@ -45,8 +52,14 @@
 //!   stores only while its lease holds.
 //! * Serve anything while the invalidator's heartbeat is older than
 //!   `max_staleness`, or missing.
-//! * Cache inside a transaction, or cache anything but a plain `SELECT`
-//!   (writes are refused with [`ReaderError::NotASelect`]).
+//! * Cache inside a transaction (its own or one begun as SQL: a fill checks
+//!   the session is outside a transaction block before it stores), or cache
+//!   anything but a plain `SELECT` (writes are refused with
+//!   [`ReaderError::NotASelect`]).
+//! * Cache a statement that reads what the invalidator cannot see: a table
+//!   outside its publication, an unlogged or foreign table, a sequence or a
+//!   catalog, or one calling a function whose result a copy would not
+//!   reproduce.
 //! * Fail a read because of the cache: cache errors degrade to a database
 //!   read and a counter.
 //! * Let a missing generation or epoch read as a match.
