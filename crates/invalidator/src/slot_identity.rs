@@ -145,12 +145,7 @@ pub async fn read_state(
     store: &dyn CacheStore,
     key: &Key,
 ) -> Result<Option<WorkerState>, StoreError> {
-    let item = store
-        .get_many(&[key.as_str()])
-        .await?
-        .into_iter()
-        .next()
-        .flatten();
+    let item = cm_store::get_one(store, key.as_str()).await?;
     Ok(item.and_then(|item| WorkerState::decode(&item.value)))
 }
 

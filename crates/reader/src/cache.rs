@@ -187,8 +187,8 @@ impl QueryCache {
     /// generation) when missing; `None` when the store fails.
     async fn read_schema_version(&self) -> Option<u64> {
         let key = self.schema_version_key.as_str();
-        match self.store.get_many(&[key]).await {
-            Ok(items) => match items.into_iter().next().flatten() {
+        match cm_store::get_one(self.store.as_ref(), key).await {
+            Ok(item) => match item {
                 Some(item) => crate::fill::generation(&item),
                 None => match self.store.create_generation_if_missing(key).await {
                     Ok(value) => Some(value.get()),

@@ -1,10 +1,16 @@
-//! Reading the invalidator's heartbeat key, for everything outside the
-//! reader's hit path (which reads it inside its one multi-get).
+//! Reading one key, and the invalidator's heartbeat key, for everything
+//! outside the reader's hit path (which reads them inside its one
+//! multi-get).
 
 use cm_keys::{Heartbeat, KeySpace};
 
 use crate::error::StoreError;
-use crate::store::CacheStore;
+use crate::store::{CacheStore, Item};
+
+/// The item under `key`, `None` when there is none: a one-key `get_many`.
+pub async fn get_one(store: &dyn CacheStore, key: &str) -> Result<Option<Item>, StoreError> {
+    Ok(store.get_many(&[key]).await?.into_iter().next().flatten())
+}
 
 /// The heartbeat the invalidator last wrote under `space`: `None` when
 /// there is none or it does not decode.
@@ -12,13 +18,7 @@ pub async fn read_heartbeat(
     store: &dyn CacheStore,
     space: &KeySpace,
 ) -> Result<Option<Heartbeat>, StoreError> {
-    let key = space.heartbeat();
-    let item = store
-        .get_many(&[key.as_str()])
-        .await?
-        .into_iter()
-        .next()
-        .flatten();
+    let item = get_one(store, space.heartbeat().as_str()).await?;
     Ok(item.and_then(|item| Heartbeat::decode(&item.value)))
 }
 

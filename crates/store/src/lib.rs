@@ -50,7 +50,7 @@ mod ttl;
 pub use error::{KeyProblem, StoreError};
 pub use flush_list::MEMBER_DELIMITER;
 pub use generation::Generation;
-pub use heartbeat::read_heartbeat;
+pub use heartbeat::{get_one, read_heartbeat};
 pub use key::{validate_key, MAX_KEY_LEN};
 pub use memcached::{
     fnv1a64, MemcachedConfig, MemcachedStore, StableRendezvous, DEFAULT_ITEM_SIZE_LIMIT,
