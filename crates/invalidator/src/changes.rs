@@ -11,9 +11,10 @@
 //! catalog once per relation and session ([`ChangeMapper::wants_catalog_for`]);
 //! if it is still unknown it is invalidated as a whole on every change:
 //! never skipped. Relation messages are kept per connection, keyed by OID
-//! (research rule 0.14); one that differs from the previous for the same OID
+//! (`docs/pgoutput.md` §5); one that differs from the previous for the same OID
 //! (columns, types, replica identity) is a schema change and bumps the
-//! table's generation (research 4.3).
+//! table's generation (DDL sends no message of its own, only a new Relation
+//! before the next change: `docs/pgoutput.md` §5).
 
 use std::collections::{HashMap, HashSet};
 

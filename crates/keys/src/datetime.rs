@@ -2,8 +2,8 @@
 //! numbers (days or microseconds since 2000-01-01), so that text from
 //! pgoutput and binary values from queries canonicalise identically.
 //!
-//! Only `DateStyle=ISO` output is accepted (the invalidator pins it, rule 15 in
-//! research/pgoutput.md): `YYYY-MM-DD`, then ` HH:MM:SS[.ffffff]`, then for
+//! Only `DateStyle=ISO` output is accepted (the invalidator pins it,
+//! `docs/pgoutput.md` §6): `YYYY-MM-DD`, then ` HH:MM:SS[.ffffff]`, then for
 //! `timestamptz` an offset `±HH[:MM[:SS]]`, then ` BC` for years before 1 AD;
 //! or `infinity` / `-infinity`. Years may have more than four digits.
 

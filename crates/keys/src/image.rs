@@ -1,5 +1,5 @@
 //! Row images from pgoutput tuples, following what each tuple kind means
-//! (research/pgoutput.md §2).
+//! (`docs/pgoutput.md` §2.2 and §3).
 
 use cm_pgoutput::{ColumnValue, OldTuple, Relation, TupleData};
 use thiserror::Error;

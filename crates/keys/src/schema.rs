@@ -196,7 +196,7 @@ impl Table {
 
     /// The columns a key-only old tuple carries: the primary key under
     /// DEFAULT, the identity index under USING INDEX, every column under
-    /// FULL, none under NOTHING (research/pgoutput.md §2.2).
+    /// FULL, none under NOTHING (`docs/pgoutput.md` §3.1).
     pub fn identity_columns(&self) -> Vec<&str> {
         match self.replica_identity {
             ReplicaIdentity::Full => self.columns.iter().map(|c| c.name.as_str()).collect(),
@@ -216,7 +216,7 @@ impl Table {
     /// DELETE but that a key-only old tuple does not carry: key, FK and
     /// predicate columns outside [`Table::identity_columns`]. When this is
     /// non-empty, such changes bump the table generation (see
-    /// research/pgoutput.md §2.6); the invalidator should warn at startup
+    /// `docs/pgoutput.md` §3.5); the invalidator should warn at startup
     /// and recommend `REPLICA IDENTITY FULL`.
     pub fn columns_needing_full_identity(&self) -> BTreeSet<&str> {
         if self.policy == TablePolicy::WholeTable {

@@ -20,7 +20,7 @@
 //! | `bytea` (17)                         | `Bytea(Vec<u8>)`: the raw bytes (text input in `hex` or `escape` output format) |
 //!
 //! Text input assumes the GUCs the invalidator pins on its walsender session
-//! (research/pgoutput.md, rule 15): `DateStyle=ISO`, `TimeZone=UTC`,
+//! (`docs/pgoutput.md` §6): `DateStyle=ISO`, `TimeZone=UTC`,
 //! `IntervalStyle=postgres`, `extra_float_digits=3`, `client_encoding=UTF8`.
 //! A value that does not parse under those settings is a [`CanonicalError::Malformed`],
 //! never a guess: a wrong guess would be a silently missed invalidation.

@@ -6,7 +6,7 @@
 //! reader snapshotted.
 //!
 //! The tuples are what pgoutput sends for the table's replica identity
-//! (research/pgoutput.md §2.2); the reader's keys are computed here straight
+//! (`docs/pgoutput.md` §3.1); the reader's keys are computed here straight
 //! from the row values with `KeySpace`, not through `derive`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -10,7 +10,7 @@ use cm_testkit::TestPostgres;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-/// The GUCs the invalidator pins on its walsender session (research rule 15).
+/// The GUCs the invalidator pins on its walsender session (`docs/pgoutput.md` §6).
 const PINNED: &str = "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET extra_float_digits = 3; \
                       SET IntervalStyle = postgres; SET client_encoding = 'UTF8';";
 

@@ -87,7 +87,7 @@ fn insert_invalidates_object_parent_and_predicate() {
 
 #[test]
 fn fk_change_without_old_tuple_bumps_table_generation() {
-    // research §2.1: `U N[10, 2, 't']`, the old author_id 1 is sent nowhere.
+    // docs/pgoutput.md §3.2: `U N[10, 2, 't']`, the old author_id 1 is sent nowhere.
     let inv = change(
         &book(ReplicaIdentity::Default),
         ChangeKind::Update,
@@ -121,7 +121,7 @@ fn fk_change_with_full_identity_invalidates_old_and_new_parent_without_bump() {
 
 #[test]
 fn pk_change_invalidates_old_and_new_object() {
-    // research §2.1: `U K[10, n, n] N[11, 2, 't']`.
+    // docs/pgoutput.md §3.2: `U K[10, n, n] N[11, 2, 't']`.
     let plain = table("tag", &["id", "t_label"], &["id"], ReplicaIdentity::Default);
     let inv = change(
         &plain,
@@ -299,7 +299,7 @@ fn nondeterministic_collation_column_bumps() {
 
 #[test]
 fn update_without_old_tuple_under_index_identity_cannot_trust_the_pk() {
-    // research §2.5: with USING INDEX, a PK change that does not touch the
+    // docs/pgoutput.md §3.4: with USING INDEX, a PK change that does not touch the
     // identity index carries no old tuple.
     let t = table("item", &["id", "code"], &["id"], ReplicaIdentity::Index);
     let mut rel = relation(&t);

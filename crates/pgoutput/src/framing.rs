@@ -22,7 +22,7 @@ pub enum ReplicationMessage {
 pub struct XLogData {
     /// For logical slots: the record LSN of the message, 0/0 for Relation and
     /// Type, the transaction's end LSN for Commit. Not unique: Begin and every
-    /// row of a COPY share one (research 3.4), so never a resume position.
+    /// row of a COPY share one (`docs/pgoutput.md` §4.1), so never a resume position.
     pub wal_start: Lsn,
     /// Same as `wal_start` for logical walsenders.
     pub wal_end: Lsn,
@@ -36,7 +36,7 @@ pub struct XLogData {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrimaryKeepalive {
     /// How far the walsender has read and decoded WAL. Safe to confirm only
-    /// when nothing received is still unapplied (research rule 0.5).
+    /// when nothing received is still unapplied (`docs/pgoutput.md` §4.3).
     pub wal_end: Lsn,
     /// Server clock when sent.
     pub send_time: PgTimestamp,

@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn timestamp_round_trips_through_system_time() {
-        // 2026-11-24T19:27:52.727565Z, from the research dump's Begin message.
+        // 2026-11-24T19:27:52.727565Z, from the Begin of xid 884 in
+        // tests/data/evidence_old_tuple.txt (docs/pgoutput.md §3.2).
         let ts = PgTimestamp(0x0003_0409_79ac_f80d);
         let back = PgTimestamp::from_system_time(ts.to_system_time().unwrap());
         assert_eq!(back, ts);

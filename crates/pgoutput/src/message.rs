@@ -1,8 +1,7 @@
 //! The typed pgoutput messages, one struct per message of protocol v1-v4.
 //!
 //! Field names follow PostgreSQL's `proto.c`. Which fields exist when is
-//! documented in `research/pgoutput.md` section 1.2; the short version is on
-//! each type.
+//! documented in `docs/pgoutput.md` §2.1; the short version is on each type.
 
 use bytes::Bytes;
 
@@ -105,7 +104,7 @@ pub struct Commit {
     /// LSN where the commit record starts.
     pub commit_lsn: Lsn,
     /// LSN just past the commit record: the position to confirm once the
-    /// transaction (and every earlier one) is fully applied (research rule 0.4).
+    /// transaction (and every earlier one) is fully applied (`docs/pgoutput.md` §4.2).
     pub end_lsn: Lsn,
     /// Commit time.
     pub commit_ts: PgTimestamp,
@@ -244,7 +243,7 @@ pub struct Update {
     /// Table OID.
     pub rel_id: Oid,
     /// Absent under DEFAULT/INDEX identity when the key did not change: the
-    /// old values of other columns are then gone (research rule 0.3).
+    /// old values of other columns are then gone (`docs/pgoutput.md` §3.1).
     pub old: Option<OldTuple>,
     /// The new row (`N`); unchanged TOASTed values come as `u`.
     pub new: TupleData,

@@ -20,7 +20,7 @@ ALTER TABLE book_full REPLICA IDENTITY FULL;
 CREATE TABLE doc(id int PRIMARY KEY, grp int, body text);
 ALTER TABLE doc ALTER COLUMN body SET STORAGE EXTERNAL;
 INSERT INTO author VALUES (1, 'a1'), (2, 'a2');
--- Publication before slot: research rule 0.1.
+-- Publication before slot: docs/pgoutput.md section 1.
 CREATE PUBLICATION cm_pub FOR ALL TABLES;
 SELECT 1 FROM pg_create_logical_replication_slot('{slot}', 'pgoutput');
 ";
@@ -194,7 +194,7 @@ fn real_changes_decode_to_the_values_written() {
 
 /// pgoutput sends a Relation again whenever its cache entry for the table
 /// is invalidated, which on a shared cluster can happen at any moment
-/// (research: a Relation may be re-sent at any time). Keeps each table's
+/// (`docs/pgoutput.md` §5: a Relation may be re-sent at any time). Keeps each table's
 /// first Relation, so the order in which tables first appear and every
 /// change stay pinned.
 fn first_relations_only<S: AsRef<str>>(events: &[S]) -> Vec<String> {

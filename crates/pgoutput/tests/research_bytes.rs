@@ -1,6 +1,9 @@
-//! The codec against real bytes captured from PostgreSQL 15.18 in
-//! `research/pgoutput.md` (sections 1.2, 1.3, 2.1) and its raw evidence files
-//! (copied to `tests/data/`), each with the values the research states.
+//! The codec against real bytes captured from PostgreSQL 15.18: the dumps
+//! reproduced in `docs/pgoutput.md` and the full captures in `tests/data/`,
+//! each with the values decoded there. The numbers in the test names are
+//! older section numbers: the `section_1_2_*` bytes are in `docs/pgoutput.md`
+//! §2.3, the `section_1_3_*` ones in §2.2 and §2.3, the `section_2_1_*` ones
+//! in §3.2.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic on what it asserts
 
@@ -126,7 +129,8 @@ fn section_1_2_stream_start_and_abort() {
 
 #[test]
 fn section_1_2_stream_commit() {
-    // The research line elides the timestamp ("0003..."); the Begin's is used.
+    // The dump line (docs/pgoutput.md §2.3) cuts the timestamp short
+    // ("0003..."); the Begin's is used.
     assert_eq!(
         decode("63 00000322 00 0000000001600510 0000000001600548 000304095507f076"),
         LogicalMessage::StreamCommit(StreamCommit {
@@ -260,8 +264,8 @@ fn section_2_1_relation_flags_mark_key_columns() {
     );
 }
 
-/// Renders a message the way `research/scripts/decode.py` prints it, so the
-/// evidence files' `=>` lines can be compared verbatim.
+/// Renders a message the way the `=>` lines of the captures in `tests/data/`
+/// print it, so those lines can be compared verbatim.
 fn render(msg: &LogicalMessage) -> String {
     fn tuple(t: &TupleData) -> String {
         let cols: Vec<String> = t

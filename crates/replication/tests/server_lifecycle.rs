@@ -124,7 +124,7 @@ async fn fast_shutdown_is_not_delayed_and_streaming_resumes_after_restart() {
     let resumed = read_until_marker(&mut stream, 2, None).await.0;
     let resumed = changes(&resumed);
     // Replays of confirmed work are allowed (PG15 may lose a confirm-only
-    // advance on shutdown, research 3.5); skipping anything is not.
+    // advance on shutdown, docs/pgoutput.md §4.4); skipping anything is not.
     let tail = &resumed[resumed.len() - 2..];
     assert_eq!(
         tail,

@@ -1,5 +1,5 @@
 //! The replication client against a real PostgreSQL: what is re-sent after a
-//! reconnect for each confirmed position (research 3.5), writes from psql,
+//! reconnect for each confirmed position (`docs/pgoutput.md` §4.2), writes from psql,
 //! and the refusals that protect against silent loss.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -133,8 +133,8 @@ async fn identify_system_reports_the_cluster() {
 async fn slot_started_once_with_two_phase_is_refused() {
     let pg = TestPostgres::start().unwrap();
     let slot = setup(&pg).await;
-    // What the research did by accident: one peek with two_phase flips the
-    // slot's flag for good.
+    // As can happen by accident: one peek with two_phase flips the slot's
+    // flag for good (docs/pgoutput.md §7).
     pg.psql(&format!(
         "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL,
            'proto_version', '3', 'publication_names', '{PUBLICATION}', 'two_phase', 'on');"

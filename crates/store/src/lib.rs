@@ -22,11 +22,11 @@
 //! * Treat a failed delete, append or bump as success. `NOT_FOUND` on a delete
 //!   is success (the key is gone); a timeout or a lost connection is an error
 //!   the caller must retry, because the invalidator must not acknowledge a
-//!   change it has not applied (research 5.7).
+//!   change it has not applied (`docs/memcached.md` §2).
 //! * Route a key to a different server than another process with the same
 //!   server list would: routing is [`StableRendezvous`], a documented hash of
 //!   the key and the configured server strings, with no ejection of failed
-//!   servers and no rehashing.
+//!   servers and no rehashing (`docs/memcached.md` §3).
 //! * Lose a flush-list member: appends are atomic server-side appends, and a
 //!   list is cleared only if it is unchanged since it was read (its CAS).
 //! * Clear a flush list before its members are deleted: there is no

@@ -11,7 +11,7 @@
 //! * `set_if_lease_valid` sends `ms <key> <len> T<ttl> C<lease cas>`: `HD`
 //!   stored; `NF` (the invalidator deleted the placeholder, or it expired) or
 //!   `EX` (someone else replaced it) store nothing. This is what closes the
-//!   stale-set race of research 5.7.
+//!   stale-set race (`docs/memcached.md` §1).
 //! * `release_lease` sends `md <key> C<lease cas>`.
 
 use std::time::Duration;
@@ -113,7 +113,7 @@ impl Pool {
         let deletes = keys.iter().map(Delete::new).collect();
         for result in self.run_many("delete_many", deletes).await? {
             match result.status {
-                // NOT_FOUND is success (research 5.7): the key is gone.
+                // NOT_FOUND is success (docs/memcached.md §2): the key is gone.
                 MutationStatus::Applied | MutationStatus::NotFound => {}
                 other => {
                     return Err(StoreError::Protocol {

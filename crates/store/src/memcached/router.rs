@@ -25,8 +25,9 @@ fn mix(mut x: u64) -> u64 {
 /// Which server a key lives on: the same in every process, on every Rust
 /// version, in every language.
 ///
-/// The reader and the invalidator must send a key to the same server (research
-/// 5.7: a delete routed elsewhere leaves the stale value in place), so the
+/// The reader and the invalidator must send a key to the same server (a
+/// delete routed elsewhere leaves the stale value in place:
+/// `docs/memcached.md` §3), so the
 /// mapping is a documented function of the key and the configured server
 /// strings only:
 ///
@@ -50,7 +51,7 @@ fn mix(mut x: u64) -> u64 {
 ///
 /// Properties: the order of the server list does not matter; removing a
 /// server moves only its own keys. There is deliberately no ejection of
-/// failed servers and no rehashing (research 5.7): a down server makes its
+/// failed servers and no rehashing (`docs/memcached.md` §3): a down server makes its
 /// keys fail, loudly, instead of silently moving them. The server strings are
 /// compared as written: configure every process with the same strings
 /// (`127.0.0.1:11211` and `localhost:11211` are different servers here).
