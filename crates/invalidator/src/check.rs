@@ -38,7 +38,11 @@ pub struct Finding {
     pub detail: String,
 }
 
-fn finding(status: Status, check: impl Into<String>, detail: impl Into<String>) -> Finding {
+pub(crate) fn finding(
+    status: Status,
+    check: impl Into<String>,
+    detail: impl Into<String>,
+) -> Finding {
     Finding {
         status,
         check: check.into(),

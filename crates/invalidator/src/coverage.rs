@@ -12,9 +12,9 @@
 
 use tokio_postgres::Client;
 
-use cm_keys::{SchemaModel, TablePolicy};
+use cm_keys::{SchemaModel, TableName, TablePolicy};
 
-use crate::check::{Finding, Status};
+use crate::check::{finding, Finding, Status};
 
 /// User relations that readers never cache, with the reason; the tables
 /// they cache only as a whole; the functions that make a statement read
@@ -55,19 +55,15 @@ pub async fn coverage_findings(
 ) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let mut out = Vec::new();
     for row in client.query(RELATIONS_SQL, &[&publication]).await? {
-        let name = format!(
-            "{}.{}",
-            row.try_get::<_, String>(0)?,
-            row.try_get::<_, String>(1)?
-        );
+        let name = TableName::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
         let kind: String = row.try_get(2)?;
         let persistence: String = row.try_get(3)?;
         let has_children: bool = row.try_get(4)?;
         let published: bool = row.try_get(5)?;
         let whole_table = model
-            .and_then(|m| cm_keys::TableName::parse(&name).and_then(|t| m.table(&t).cloned()))
+            .and_then(|m| m.table(&name))
             .is_some_and(|t| t.policy == TablePolicy::WholeTable);
-        if let Some(finding) = relation_finding(
+        out.extend(relation_finding(
             &name,
             &kind,
             &persistence,
@@ -75,20 +71,18 @@ pub async fn coverage_findings(
             published,
             whole_table,
             publication,
-        ) {
-            out.push(finding);
-        }
+        ));
     }
     for row in client.query(FUNCTIONS_SQL, &[]).await? {
         let name: String = row.try_get(0)?;
         let why: String = row.try_get(1)?;
-        out.push(Finding {
-            status: Status::Ok,
-            check: format!("coverage {name}()"),
-            detail: format!(
+        out.push(finding(
+            Status::Ok,
+            format!("coverage {name}()"),
+            format!(
                 "read through: {why}; a cached copy would skip its effects or miss what it reads"
             ),
-        });
+        ));
     }
     Ok(out)
 }
@@ -96,7 +90,7 @@ pub async fn coverage_findings(
 /// One relation's coverage, or `None` for a published table cached row by
 /// row (the normal case, not listed).
 fn relation_finding(
-    name: &str,
+    name: &TableName,
     kind: &str,
     persistence: &str,
     has_children: bool,
@@ -137,11 +131,7 @@ fn relation_finding(
         ),
         _ => return None,
     };
-    Some(Finding {
-        status,
-        check: format!("coverage {name}"),
-        detail,
-    })
+    Some(finding(status, format!("coverage {name}"), detail))
 }
 
 #[cfg(test)]
@@ -150,8 +140,9 @@ mod tests {
 
     #[test]
     fn only_tables_not_cached_row_by_row_are_listed() {
+        let table = TableName::new("s", "t");
         let list = |kind, persistence, children, published| {
-            relation_finding("s.t", kind, persistence, children, published, false, "p")
+            relation_finding(&table, kind, persistence, children, published, false, "p")
         };
         assert!(list("r", "p", false, true).is_none());
         let unpublished = list("r", "p", false, false).map(|f| (f.status, f.detail));
@@ -162,7 +153,7 @@ mod tests {
         assert!(list("r", "u", false, true).is_some_and(|f| f.detail.contains("unlogged")));
         assert!(list("p", "p", true, true).is_some_and(|f| f.detail.contains("as a whole")));
         assert!(list("m", "p", false, false).is_some_and(|f| f.detail.contains("REFRESH")));
-        assert!(relation_finding("s.t", "r", "p", false, true, true, "p")
+        assert!(relation_finding(&table, "r", "p", false, true, true, "p")
             .is_some_and(|f| f.detail.contains("whole_table")));
     }
 }
