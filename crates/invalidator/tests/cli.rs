@@ -59,16 +59,7 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
     h.setup();
     let out = h.run_cli(&["check", "--json"]);
     assert!(!out.status.success(), "problems mean a non-zero exit");
-    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let find = |check: &str| {
-        findings
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["check"] == check)
-            .unwrap_or_else(|| panic!("no finding {check}: {findings}"))
-            .clone()
-    };
+    let find = |check: &str| finding(&out, check);
     assert_eq!(find("replica identity public.nopk")["status"], "problem");
     let book = find("replica identity public.book");
     assert_eq!(book["status"], "problem");
@@ -86,13 +77,7 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
     assert!(stdout(&out).contains("STATUS"), "a table for humans");
     // A table outside the publication is listed as read through.
     let out = h.run_cli(&["check", "--json"]);
-    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let nopk = findings
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "coverage public.nopk")
-        .unwrap_or_else(|| panic!("no coverage finding for nopk: {findings}"));
+    let nopk = finding(&out, "coverage public.nopk");
     assert_eq!(nopk["status"], "warn");
     assert!(
         nopk["detail"]
@@ -101,6 +86,7 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
             .contains("not in publication cm_pub"),
         "{nopk}"
     );
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         !findings
             .as_array()

@@ -255,17 +255,6 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn finding(out: &std::process::Output, check: &str) -> serde_json::Value {
-    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    findings
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == check)
-        .unwrap_or_else(|| panic!("no finding {check}: {findings}"))
-        .clone()
-}
-
 #[tokio::test]
 async fn setup_dry_run_shows_the_trigger_sql_and_check_flags_a_disabled_trigger() {
     let h = Harness::new(DDL_SCHEMA, Options::default()).await;

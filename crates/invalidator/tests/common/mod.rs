@@ -256,6 +256,18 @@ fn unsafe_free_sigterm(pid: u32) {
 }
 
 /// Sends a signal to a process by pid with kill(1).
+/// The finding named `check` in the output of `check --json`.
+pub fn finding(out: &Output, check: &str) -> serde_json::Value {
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no finding {check}: {findings}"))
+        .clone()
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
