@@ -111,18 +111,21 @@ pub(crate) fn generation_keys(
     reads: &Reads,
     extra_tables: &[TableName],
 ) -> Vec<Key> {
+    // The closure's tables are key identities already; extra tables are
+    // named by the caller.
+    let extra_identities = extra_tables.iter().map(|t| {
+        model
+            .table(t)
+            .map(|table| table.key_identity().clone())
+            .unwrap_or_else(|| t.clone())
+    });
     let identities: BTreeSet<TableName> = reads
         .dependencies
         .tables
         .iter()
-        .chain(extra_tables)
-        .map(|t| {
-            model
-                .table(t)
-                .map(|table| table.key_identity().clone())
-                .unwrap_or_else(|| t.clone())
-        })
-        .chain(reads.dependencies.objects.iter().cloned())
+        .chain(&reads.dependencies.objects)
+        .cloned()
+        .chain(extra_identities)
         .collect();
     identities
         .iter()
