@@ -39,17 +39,8 @@ pub async fn memcached_harness() -> Harness {
         .await
         .unwrap()
         .expect("memcached for the test");
-    let mut config = MemcachedConfig::new([memcached.addr()]);
-    config.timeout = SUITE_TIMEOUT;
-    let max_value_bytes = config.max_value_bytes();
-    let store = MemcachedStore::connect(config).await.unwrap();
-    Harness {
-        store: Arc::new(store),
-        prefix: memcached.key_prefix().to_string(),
-        max_value_bytes,
-        _memcached: Some(memcached),
-        _result_server: None,
-    }
+    let config = MemcachedConfig::new([memcached.addr()]);
+    connected(config, memcached, None).await
 }
 
 /// A [`MemcachedStore`] with split pools: metadata on the test kit's
@@ -63,7 +54,17 @@ pub async fn split_memcached_harness() -> Harness {
     })
     .await
     .unwrap();
-    let mut config = MemcachedConfig::new([memcached.addr()]).with_result_servers([results.addr()]);
+    let config = MemcachedConfig::new([memcached.addr()]).with_result_servers([results.addr()]);
+    connected(config, memcached, Some(results)).await
+}
+
+/// A harness over a store connected with `config` (given the suite's
+/// timeout), keeping the servers it uses alive.
+async fn connected(
+    mut config: MemcachedConfig,
+    memcached: TestMemcached,
+    results: Option<MemcachedServer>,
+) -> Harness {
     config.timeout = SUITE_TIMEOUT;
     let max_value_bytes = config.max_value_bytes();
     let store = MemcachedStore::connect(config).await.unwrap();
@@ -72,7 +73,7 @@ pub async fn split_memcached_harness() -> Harness {
         prefix: memcached.key_prefix().to_string(),
         max_value_bytes,
         _memcached: Some(memcached),
-        _result_server: Some(results),
+        _result_server: results,
     }
 }
 
