@@ -11,18 +11,12 @@ use cm_keys::{KeySpace, SchemaConfig};
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::TestEnv;
-use tokio_postgres::NoTls;
 
+use support::connect;
 use support::invalidator;
 use support::ops::Value;
 use support::readers::{self, Read, QUERIES};
 use support::schema;
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
 
 fn query(sql: &str) -> usize {
     QUERIES.iter().position(|q| q.sql == sql).unwrap()

@@ -35,8 +35,8 @@ use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::{MemcachedServer, TestEnv};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tokio_postgres::NoTls;
 
+use support::connect;
 use support::invalidator::{self, Worker};
 use support::ops::{Client, Generator, Tx};
 use support::readers::{self, Read};
@@ -57,12 +57,6 @@ fn env_number(name: &str, default: u64) -> u64 {
                 .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
         })
         .unwrap_or(default)
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// A reader's or checker's session: `api` first on the search path.

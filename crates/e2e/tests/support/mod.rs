@@ -8,3 +8,13 @@ pub mod ops;
 pub mod readers;
 pub mod schema;
 pub mod writers;
+
+/// A plain tokio-postgres connection (a client that knows nothing of the
+/// cache), its connection task spawned.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
