@@ -16,8 +16,9 @@ use cm_keys::{KeySpace, SchemaConfig};
 use cm_reader::{CachedRow, CachingClient, QueryCache, RawValue, ReaderOptions};
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::TestEnv;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
+use support::connect;
 use support::invalidator::{self, Worker};
 
 const SCHEMA: &str = "
@@ -31,6 +32,7 @@ INSERT INTO gadget VALUES (1, 'g');
 CREATE VIEW item_view AS SELECT id, name FROM item;
 CREATE VIEW item_view_view AS SELECT id, name FROM item_view;
 CREATE MATERIALIZED VIEW item_total AS SELECT sum(price) AS total FROM item;
+CREATE FUNCTION price_label(p int) RETURNS text IMMUTABLE LANGUAGE sql RETURN 'p' || p;
 CREATE TABLE sale (id int, region text, total int, PRIMARY KEY (id, region))
   PARTITION BY LIST (region);
 CREATE TABLE sale_eu PARTITION OF sale FOR VALUES IN ('eu');
@@ -60,12 +62,6 @@ struct Stack {
     space: KeySpace,
     admin: Client,
     cached: CachingClient<Client>,
-}
-
-async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 impl Stack {
@@ -261,6 +257,13 @@ async fn each_kind_of_ddl_invalidates_without_a_row_write() {
         ],
     )
     .await;
+    // A function redefined: no row changes, the results it computed do.
+    s.check(
+        "CREATE OR REPLACE FUNCTION price_label(p int) RETURNS text IMMUTABLE \
+         LANGUAGE sql RETURN 'price ' || p",
+        &["SELECT id, price_label(price) AS label FROM item WHERE id = 1"],
+    )
+    .await;
     // A same-type rewrite: the Relation message is identical.
     s.check(
         "ALTER TABLE gadget ALTER COLUMN name TYPE text USING name || '!'",
@@ -295,6 +298,11 @@ async fn each_kind_of_ddl_invalidates_without_a_row_write() {
     s.check(
         "DROP TABLE gadget; CREATE TABLE gadget AS SELECT 99 AS id, 'remade'::text AS name",
         &["SELECT id, name FROM gadget"],
+    )
+    .await;
+    s.check(
+        "ALTER TABLE item RENAME COLUMN name TO title",
+        &["SELECT * FROM item WHERE id = 1"],
     )
     .await;
     // Rows that change only by REFRESH: first a write the view does not see.
