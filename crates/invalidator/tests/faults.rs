@@ -133,6 +133,9 @@ async fn postgres_restarts_during_writes_lose_nothing() {
     {
         let id = 100 + round as i64;
         h.psql(&format!("INSERT INTO book VALUES ({id}, 1, 'draft', 'x');"));
+        // The INSERT's own invalidation must land before the fill, or it
+        // voids the fill's lease (the race the lease exists to lose).
+        h.wait_applied().await;
         cached.push(
             h.cache(&format!("book {id}"), &[h.object("book", id)])
                 .await,
