@@ -11,7 +11,7 @@
 //!   number of service instances, in any language, share one cache; one
 //!   invalidator per database keeps it correct and exposes metrics.
 //!
-//! Invalidation is the same code either way ([`cm_invalidator::worker`]),
+//! Invalidation is the same code either way (the `cm-worker` engine),
 //! with the same guarantees: a change is applied before its position is
 //! confirmed, a restart replays what was not, and readers bypass the cache
 //! while the invalidator's heartbeat is older than `max_staleness`.
@@ -23,14 +23,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_invalidator::config::InvalidatorConfig;
-use cm_invalidator::heartbeat::{emit_forever, message_prefix};
-use cm_invalidator::metrics::Metrics;
-use cm_invalidator::setup;
-use cm_invalidator::worker::{connect_sql, Worker};
 use cm_keys::{discover, KeySpace, SchemaConfig, SchemaModel};
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemoryStore, MemoryStoreConfig};
+use cm_worker::setup::{missing_steps, run_steps};
+use cm_worker::{
+    connect_sql, emit_heartbeats, heartbeat_message_prefix, NoObserver, SetupOptions, Worker,
+    WorkerError, WorkerOptions,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,6 +53,8 @@ pub struct EmbeddedOptions {
     pub store: MemoryStoreConfig,
     /// Heartbeat interval of the in-process invalidator.
     pub heartbeat_interval: Duration,
+    /// Longest wait between the invalidator's retries.
+    pub max_backoff: Duration,
 }
 
 impl EmbeddedOptions {
@@ -71,6 +73,7 @@ impl EmbeddedOptions {
                 ..MemoryStoreConfig::default()
             },
             heartbeat_interval: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
         }
     }
 }
@@ -78,12 +81,9 @@ impl EmbeddedOptions {
 /// Why the embedded cache could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    /// The options do not form a valid worker configuration.
-    #[error("embedded configuration: {0}")]
-    Config(#[from] cm_invalidator::config::ConfigError),
     /// Creating the publication or slot failed.
     #[error("setting up replication: {0}")]
-    Setup(#[from] cm_invalidator::setup::SetupError),
+    Setup(#[from] cm_worker::setup::SetupError),
     /// The database is unreachable.
     #[error("postgres: {}", cm_keys::describe_pg_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -99,9 +99,6 @@ pub enum EmbeddedError {
     /// The reader refused its options.
     #[error("reader: {0}")]
     Reader(#[from] cm_reader::ReaderError),
-    /// Metrics could not be registered.
-    #[error("metrics: {0}")]
-    Metrics(#[from] cm_invalidator::metrics::MetricsError),
 }
 
 /// A caching client and the invalidator feeding its store.
@@ -110,7 +107,7 @@ pub struct EmbeddedCache {
     store: Arc<MemoryStore>,
     space: KeySpace,
     stop: watch::Sender<bool>,
-    worker: JoinHandle<Result<(), cm_invalidator::worker::WorkerError>>,
+    worker: JoinHandle<Result<(), WorkerError>>,
     heartbeat: JoinHandle<()>,
 }
 
@@ -118,26 +115,27 @@ impl EmbeddedCache {
     /// Creates the publication and slot when missing, starts the
     /// invalidator task and the heartbeat, and returns the caching client.
     pub async fn start(options: EmbeddedOptions) -> Result<EmbeddedCache, EmbeddedError> {
-        let config = worker_config(&options)?;
+        let worker_options = worker_options(&options);
+        let setup = SetupOptions::for_worker(&worker_options);
         let sql = connect_sql(&options.postgres_url).await?;
-        let steps = setup::plan(&sql, &config).await?;
-        setup::apply(&sql, &config, &steps).await?;
+        let steps = missing_steps(&sql, &setup).await?;
+        run_steps(&sql, &setup, &steps).await?;
         let model = Arc::new(SchemaModel::build(discover(&sql).await?, &options.schema)?);
         let space = KeySpace::new(options.prefix.clone())?;
         let store = Arc::new(MemoryStore::new(options.store.clone()));
         let shared: Arc<dyn CacheStore> = store.clone();
         let worker = Worker::new(
-            config,
+            worker_options,
             space.clone(),
             Arc::clone(&shared),
             options.schema.clone(),
-            Arc::new(Metrics::new()?),
+            Arc::new(NoObserver),
         );
         let (stop, stop_rx) = watch::channel(false);
         let worker = tokio::spawn(worker.run(stop_rx));
-        let heartbeat = tokio::spawn(emit_forever(
+        let heartbeat = tokio::spawn(emit_heartbeats(
             options.postgres_url.clone(),
-            message_prefix(space.prefix()),
+            heartbeat_message_prefix(space.prefix()),
             options.heartbeat_interval,
         ));
         // The reader checks statements against the publication this worker
@@ -184,23 +182,12 @@ impl EmbeddedCache {
     }
 }
 
-/// The worker configuration for these options (the memcached settings are
-/// unused: the store is in-process).
-fn worker_config(options: &EmbeddedOptions) -> Result<InvalidatorConfig, EmbeddedError> {
-    let toml = format!(
-        "[postgres]\nurl = {url:?}\nslot = {slot:?}\npublication = {publication:?}\n\
-         [cache]\nservers = [\"in-process:0\"]\nprefix = {prefix:?}\n\
-         [worker]\nheartbeat_interval_ms = {heartbeat}\nmax_backoff_ms = 2000\n",
-        url = options.postgres_url,
-        slot = options.slot,
-        publication = options.publication,
-        prefix = options.prefix,
-        heartbeat = options.heartbeat_interval.as_millis().max(1),
-    );
-    use figment::providers::Format;
-    let figment = figment::Figment::from(figment::providers::Toml::string(&toml));
-    Ok(InvalidatorConfig::from_figment(
-        &figment,
-        "embedded options",
-    )?)
+/// The engine's options for these.
+fn worker_options(options: &EmbeddedOptions) -> WorkerOptions {
+    WorkerOptions {
+        slot: options.slot.clone(),
+        publication: options.publication.clone(),
+        max_backoff: options.max_backoff,
+        ..WorkerOptions::new(options.postgres_url.clone())
+    }
 }

@@ -1,6 +1,14 @@
 //! `check`: everything that decides whether invalidation can be trusted,
 //! as findings with a status, for humans (a table) or machines (JSON).
+//! Exit 0 when no finding is a problem, 1 otherwise.
 
+mod coverage;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use cm_invalidator::config::InvalidatorConfig;
+use figment::Figment;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -9,11 +17,52 @@ use cm_replication::SlotName;
 
 use cm_keys::{KeySpace, SchemaModel, TableName};
 use cm_store::CacheStore;
+use cm_worker::{identity_verdicts, trigger_state, IdentityVerdict, Verdict};
 
-use crate::config::InvalidatorConfig;
-use crate::coverage::coverage_findings;
-use crate::ddl_trigger::trigger_state;
-use crate::identity::{verdicts, IdentityVerdict, Verdict};
+use crate::cache;
+use coverage::coverage_findings;
+
+/// Runs `check`.
+pub async fn command(
+    config: &InvalidatorConfig,
+    figment: &Figment,
+    json: bool,
+) -> Result<ExitCode> {
+    let client = crate::connect(config).await?;
+    let mut findings = Vec::new();
+    let model = match schema_model(config, figment).await {
+        Ok(model) => Some(model),
+        Err(error) => {
+            findings.push(finding(
+                Status::Problem,
+                "schema mapping",
+                error.to_string(),
+            ));
+            None
+        }
+    };
+    findings.extend(database_findings(&client, config, model.as_ref()).await?);
+    let (store, space) = cache::store_and_space(config).await?;
+    findings.push(cache_finding(store.as_ref(), &space).await);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!("{}", render_table(&findings));
+    }
+    Ok(if has_problem(&findings) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn schema_model(
+    config: &InvalidatorConfig,
+    figment: &Figment,
+) -> Result<SchemaModel, cache::CacheConfigError> {
+    let mapping = cache::schema_mapping(figment)?;
+    cache::schema_model(config, &mapping).await
+}
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -38,11 +87,7 @@ pub struct Finding {
     pub detail: String,
 }
 
-pub(crate) fn finding(
-    status: Status,
-    check: impl Into<String>,
-    detail: impl Into<String>,
-) -> Finding {
+fn finding(status: Status, check: impl Into<String>, detail: impl Into<String>) -> Finding {
     Finding {
         status,
         check: check.into(),
@@ -52,7 +97,7 @@ pub(crate) fn finding(
 
 /// Runs every database-side check. `model` is the schema model when it
 /// could be built; it tells which columns feed keys.
-pub async fn database_findings(
+async fn database_findings(
     client: &Client,
     config: &InvalidatorConfig,
     model: Option<&SchemaModel>,
@@ -68,10 +113,11 @@ pub async fn database_findings(
             format!("{wal_level}: set wal_level = logical and restart PostgreSQL"),
         )
     });
+    out.push(role_finding(client).await?);
     out.push(ddl_trigger_finding(client).await?);
     out.extend(publication_findings(client, &config.postgres.publication).await?);
     out.extend(slot_findings(client, config).await?);
-    for verdict in verdicts(client, Some(&config.postgres.publication)).await? {
+    for verdict in identity_verdicts(client, Some(&config.postgres.publication)).await? {
         out.push(identity_finding(&verdict, model));
     }
     out.extend(coverage_findings(client, &config.postgres.publication, model).await?);
@@ -108,6 +154,35 @@ fn identity_finding(verdict: &IdentityVerdict, model: Option<&SchemaModel>) -> F
     )
 }
 
+/// Whether the role may stream: REPLICATION (or superuser) is needed to
+/// create and read a replication slot; `run` refuses to start without it.
+async fn role_finding(client: &Client) -> Result<Finding, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication, rolsuper
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let role: String = row.try_get(0)?;
+    let replication: bool = row.try_get(1)?;
+    let superuser: bool = row.try_get(2)?;
+    let check = format!("role {role}");
+    Ok(match (replication, superuser) {
+        (true, _) => finding(Status::Ok, check, "has REPLICATION"),
+        (false, true) => finding(Status::Ok, check, "superuser (may replicate)"),
+        (false, false) => finding(
+            Status::Problem,
+            check,
+            format!(
+                "lacks the REPLICATION attribute: `run` cannot stream. \
+                 Run as a superuser: ALTER ROLE {} REPLICATION",
+                cm_replication::inspect::quote_ident(&role)
+            ),
+        ),
+    })
+}
+
 /// Whether DDL reaches the worker: both event triggers installed, enabled
 /// and of the expected version.
 async fn ddl_trigger_finding(client: &Client) -> Result<Finding, tokio_postgres::Error> {
@@ -123,7 +198,7 @@ async fn ddl_trigger_finding(client: &Client) -> Result<Finding, tokio_postgres:
 }
 
 /// Whether the cache answers: one read of the heartbeat key.
-pub async fn cache_finding(store: &dyn CacheStore, space: &KeySpace) -> Finding {
+async fn cache_finding(store: &dyn CacheStore, space: &KeySpace) -> Finding {
     let key = space.heartbeat();
     match store.get_many(&[key.as_str()]).await {
         Ok(_) => finding(Status::Ok, "memcached", "reachable"),
@@ -254,7 +329,7 @@ async fn slot_findings(
 }
 
 /// The findings as an aligned table.
-pub fn render_table(findings: &[Finding]) -> String {
+fn render_table(findings: &[Finding]) -> String {
     let width = findings
         .iter()
         .map(|f| f.check.len())
@@ -274,6 +349,6 @@ pub fn render_table(findings: &[Finding]) -> String {
 }
 
 /// True when any finding is a problem (the command then exits non-zero).
-pub fn has_problem(findings: &[Finding]) -> bool {
+fn has_problem(findings: &[Finding]) -> bool {
     findings.iter().any(|f| f.status == Status::Problem)
 }

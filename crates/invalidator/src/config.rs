@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use cm_worker::{SetupOptions, WorkerOptions};
 use figment::providers::{Env, Format, Toml};
 use figment::{Figment, Provider};
 use serde::Deserialize;
@@ -121,7 +122,8 @@ pub struct LogConfig {
     /// `text` or `json`.
     #[serde(default)]
     pub format: LogFormat,
-    /// A tracing filter, e.g. `info` or `cm_invalidator=debug,info`.
+    /// A tracing filter, e.g. `info` or `cm_invalidator=debug,info`. The
+    /// `RUST_LOG` environment variable, when set, replaces it.
     #[serde(default = "default_log_level")]
     pub level: String,
 }
@@ -138,10 +140,10 @@ pub enum LogFormat {
 }
 
 fn default_slot() -> String {
-    "cm_invalidator".into()
+    WorkerOptions::DEFAULT_SLOT.into()
 }
 fn default_publication() -> String {
-    "cm_invalidator".into()
+    WorkerOptions::DEFAULT_SLOT.into()
 }
 fn default_prefix() -> String {
     "cm".into()
@@ -153,16 +155,19 @@ fn default_heartbeat_ms() -> u64 {
     1000
 }
 fn default_key_budget() -> usize {
-    10_000
+    WorkerOptions::DEFAULT_KEY_BUDGET
 }
 fn default_status_ms() -> u64 {
-    1000
+    millis(WorkerOptions::DEFAULT_STATUS_INTERVAL)
 }
 fn default_max_backoff_ms() -> u64 {
-    10_000
+    millis(WorkerOptions::DEFAULT_MAX_BACKOFF)
 }
 fn default_max_in_flight() -> usize {
-    32
+    WorkerOptions::DEFAULT_MAX_IN_FLIGHT
+}
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 fn default_max_lag_bytes() -> u64 {
     64 * 1024 * 1024
@@ -292,7 +297,39 @@ impl InvalidatorConfig {
         }
         cm_replication::SlotName::new(&self.postgres.slot)
             .map_err(|e| ("postgres.slot", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            (
+                "log.level",
+                format!("{:?} is not a tracing filter ({e})", self.log.level),
+            )
+        })?;
         Ok(())
+    }
+
+    /// The engine's options: `[postgres]` and `[worker]`. `abort_after_apply`
+    /// is left off; the application sets it from its fault-injection
+    /// variable.
+    pub fn worker_options(&self) -> WorkerOptions {
+        WorkerOptions {
+            postgres_url: self.postgres.url.clone(),
+            slot: self.postgres.slot.clone(),
+            publication: self.postgres.publication.clone(),
+            key_budget: self.worker.key_budget,
+            status_interval: Duration::from_millis(self.worker.status_interval_ms),
+            max_backoff: Duration::from_millis(self.worker.max_backoff_ms),
+            max_in_flight: self.worker.max_in_flight,
+            abort_after_apply: false,
+        }
+    }
+
+    /// What `setup` creates: `[postgres]`.
+    pub fn setup_options(&self) -> SetupOptions {
+        SetupOptions {
+            postgres_url: self.postgres.url.clone(),
+            slot: self.postgres.slot.clone(),
+            publication: self.postgres.publication.clone(),
+            publish_tables: self.postgres.publish_tables.clone(),
+        }
     }
 }
 

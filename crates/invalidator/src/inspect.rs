@@ -4,39 +4,53 @@
 //! renders [`cm_reader::inspect::InspectionReport`]s.
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_keys::KeySpace;
-use cm_reader::inspect::InspectionReport;
-use cm_reader::{QueryCache, ReaderError, ReaderOptions};
+use anyhow::{Context, Result};
+use cm_invalidator::config::InvalidatorConfig;
+use cm_reader::inspect::{inspect_with, InspectOptions, InspectionReport};
+use cm_reader::{QueryCache, ReaderOptions};
 use figment::Figment;
 
-use crate::assemble::{self, StartError};
-use crate::config::InvalidatorConfig;
+use crate::cache;
 
-/// Why the reader's view of the cache could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum InspectSetupError {
-    /// Store, key prefix or schema model.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// The reader refused the options.
-    #[error("reader options: {0}")]
-    Reader(#[from] ReaderError),
+/// Runs `inspect`: exit 0 when nothing is stale, 1 when something is (the
+/// caller exits 2 when the check itself fails).
+pub async fn command(
+    config: &InvalidatorConfig,
+    figment: &Figment,
+    options: &InspectOptions,
+    registry_window: Duration,
+    json: bool,
+) -> Result<ExitCode> {
+    let client = crate::connect(config).await?;
+    let cache = query_cache(config, figment, registry_window).await?;
+    let report = inspect_with(&client, &cache, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_report(&report));
+    }
+    Ok(if report.has_stale() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The cache as readers of this deployment see it. `registry_window` is how
 /// far back the inspection registry is read: the readers' flush-list TTL
 /// (the reader's default is one day).
-pub async fn query_cache(
+async fn query_cache(
     config: &InvalidatorConfig,
     figment: &Figment,
     registry_window: Duration,
-) -> Result<QueryCache, InspectSetupError> {
-    let space = KeySpace::new(config.cache.prefix.clone()).map_err(StartError::from)?;
-    let store = assemble::store(config).await?;
-    let model = assemble::schema_model(config, figment).await?;
+) -> Result<QueryCache> {
+    let (store, space) = cache::store_and_space(config).await?;
+    let mapping = cache::schema_mapping(figment)?;
+    let model = cache::schema_model(config, &mapping).await?;
     let defaults = ReaderOptions::default();
     let options = ReaderOptions {
         flush_list_ttl: registry_window,
@@ -44,11 +58,11 @@ pub async fn query_cache(
         publication: Some(config.postgres.publication.clone()),
         ..defaults
     };
-    Ok(QueryCache::new(space, store, Arc::new(model), options)?)
+    QueryCache::new(space, store, Arc::new(model), options).context("reader options")
 }
 
 /// The report for humans: the counts, then each stale and failed result.
-pub fn render_report(report: &InspectionReport) -> String {
+fn render_report(report: &InspectionReport) -> String {
     let s = &report.skipped_by_reason;
     let mut out = String::new();
     let _ = writeln!(out, "fence LSN    {}", report.fence_lsn);

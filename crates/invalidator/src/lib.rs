@@ -1,32 +1,16 @@
-//! The invalidator worker: consumes PostgreSQL logical replication (pgoutput)
-//! and invalidates cached query results and their foreign-key neighbours, at
-//! least once and in commit order, whatever client made the write.
+//! The `cm-invalidator` application's configuration: the TOML file and
+//! `CM_INVALIDATOR_*` environment variables it reads, validated with
+//! errors that name the key, and mapped onto the engine's typed options
+//! (`cm-worker`), and the fault-injection variable crash tests set. It is a
+//! library so tests can load files; the subcommands
+//! live in the binary (`src/main.rs`).
 //!
-//! This library holds the worker's parts so integration tests can drive
-//! them; `src/main.rs` is the `cm-invalidator` command line.
-//!
-//! What it must never do: confirm an LSN to PostgreSQL before every
-//! invalidation of that transaction (and all earlier ones) is acknowledged by
-//! the cache, skip a change it cannot interpret instead of bumping a
-//! generation, or create a publication or slot in an order that loses changes.
+//! What it must never do: accept a key it does not know, or a value it
+//! cannot use, silently.
 
-pub mod ack_bound;
-pub mod apply;
-pub mod assemble;
-pub mod catalog;
-pub mod changes;
-pub mod check;
 pub mod config;
-pub mod coverage;
-pub mod ddl;
-pub mod ddl_trigger;
-pub mod error_text;
-pub mod heartbeat;
-pub mod identity;
-pub mod inspect;
-pub mod metrics;
-pub mod pipeline;
-pub mod setup;
-pub mod slot_identity;
-pub mod txn;
-pub mod worker;
+
+/// Fault injection for crash tests: when this environment variable is set,
+/// `run` aborts the process right after applying a transaction's
+/// invalidations and before acknowledging it (a `kill -9` at the worst time).
+pub const CRASH_AFTER_APPLY_ENV: &str = "CM_FAULT_CRASH_AFTER_APPLY";

@@ -1,7 +1,15 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+//! Prometheus metrics and the `/metrics` + `/healthz` endpoint: the
+//! application's [`Observer`] of the engine.
+//!
+//! A hot standby (a second `run` waiting for the slot another worker holds)
+//! serves both too: `/healthz` answers 200 `standby: ...` and
+//! `cm_invalidator_leader` is 0. When two instances share a listen address
+//! (one host, one configuration), the standby cannot bind it while the
+//! leader does; it retries the bind every few seconds and takes the
+//! address over once the leader is gone.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +18,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use cm_keys::Heartbeat;
+use cm_worker::{unix_micros_now, Applied, CommitInfo, Observer, Role};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
 
-use crate::apply::Applied;
-use crate::heartbeat::unix_micros_now;
-use crate::txn::CommitInfo;
-
-/// Registering a metric failed.
-pub use prometheus::Error as MetricsError;
+/// How often a standby retries binding an address the leader holds.
+const BIND_RETRY: Duration = Duration::from_secs(2);
 
 /// The worker's metrics (prefix `cm_invalidator_`).
 pub struct Metrics {
@@ -42,7 +47,10 @@ pub struct Metrics {
     pub lag_bytes: IntGauge,
     /// Commit time to invalidations applied.
     pub commit_to_invalidated: Histogram,
+    /// 1 while this worker streams from the slot, 0 while it waits.
+    pub leader: IntGauge,
     last_heartbeat_emitted_micros: AtomicU64,
+    is_leader: AtomicBool,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -106,14 +114,31 @@ impl Metrics {
                 "WAL bytes not yet confirmed by the slot",
             )?,
             commit_to_invalidated,
+            leader: gauge(
+                &registry,
+                "leader",
+                "1 while this worker streams from the slot, 0 while it waits for it",
+            )?,
             last_heartbeat_emitted_micros: AtomicU64::new(0),
+            is_leader: AtomicBool::new(false),
             registry,
         })
     }
 
-    /// Records one applied and acknowledged transaction; `applied` counts
-    /// the cache work done for it (a group's work is counted once).
-    pub fn record_commit(&self, commit: &CommitInfo, applied: Applied) {
+    /// Whether this worker streams from the slot.
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Relaxed)
+    }
+
+    /// Age of the last heartbeat round trip; `None` before the first.
+    pub fn heartbeat_age(&self) -> Option<Duration> {
+        let emitted = self.last_heartbeat_emitted_micros.load(Ordering::Relaxed);
+        (emitted > 0).then(|| Duration::from_micros(unix_micros_now().saturating_sub(emitted)))
+    }
+}
+
+impl Observer for Metrics {
+    fn commit_applied(&self, commit: &CommitInfo, applied: Applied) {
         self.transactions.inc();
         self.changes.inc_by(commit.changes);
         self.keys_invalidated.inc_by(applied.deleted as u64);
@@ -130,18 +155,27 @@ impl Metrics {
         }
     }
 
-    /// Records a heartbeat written to the cache.
-    pub fn record_heartbeat(&self, heartbeat: &Heartbeat) {
+    fn heartbeat_written(&self, heartbeat: &Heartbeat) {
         self.last_heartbeat_emitted_micros
             .store(heartbeat.emitted_unix_micros, Ordering::Relaxed);
     }
 
-    /// Age of the last heartbeat round trip; `None` before the first.
-    pub fn heartbeat_age(&self) -> Option<Duration> {
-        let emitted = self.last_heartbeat_emitted_micros.load(Ordering::Relaxed);
-        (emitted > 0).then(|| Duration::from_micros(unix_micros_now().saturating_sub(emitted)))
+    fn epoch_bumped(&self) {
+        self.epoch_bumps.inc();
     }
 
+    fn cache_error(&self) {
+        self.cache_errors.inc();
+    }
+
+    fn role_changed(&self, role: Role) {
+        let leader = role == Role::Leader;
+        self.is_leader.store(leader, Ordering::Relaxed);
+        self.leader.set(i64::from(leader));
+    }
+}
+
+impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -171,32 +205,58 @@ pub struct HealthBounds {
     pub max_heartbeat_age: Duration,
 }
 
-/// The health verdict: `Ok(())` or the reason it fails.
-pub fn health(metrics: &Metrics, bounds: HealthBounds) -> Result<(), String> {
+/// What `/healthz` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Streaming, with a fresh heartbeat and the lag within bounds.
+    Healthy,
+    /// Waiting for the slot (another worker holds it): healthy as a
+    /// standby, not invalidating.
+    Standby,
+    /// The reason this leader is not doing its job.
+    Unhealthy(String),
+}
+
+/// The health verdict.
+pub fn health(metrics: &Metrics, bounds: HealthBounds) -> Health {
+    if !metrics.is_leader() {
+        return Health::Standby;
+    }
     let lag = u64::try_from(metrics.lag_bytes.get()).unwrap_or(0);
     if lag > bounds.max_lag_bytes {
-        return Err(format!(
+        return Health::Unhealthy(format!(
             "slot lag {lag} bytes exceeds {}",
             bounds.max_lag_bytes
         ));
     }
     match metrics.heartbeat_age() {
-        None => Err("no heartbeat has completed a round trip yet".into()),
-        Some(age) if age > bounds.max_heartbeat_age => Err(format!(
+        None => Health::Unhealthy("no heartbeat has completed a round trip yet".into()),
+        Some(age) if age > bounds.max_heartbeat_age => Health::Unhealthy(format!(
             "last heartbeat round trip {:.1}s ago exceeds {:?}",
             age.as_secs_f64(),
             bounds.max_heartbeat_age
         )),
-        Some(_) => Ok(()),
+        Some(_) => Health::Healthy,
+    }
+}
+
+/// `/healthz`: 200 `ok` for a healthy leader, 200 `standby: ...` for a
+/// worker waiting for the slot, 503 with the reason otherwise.
+fn healthz_response(metrics: &Metrics, bounds: HealthBounds) -> (StatusCode, String) {
+    match health(metrics, bounds) {
+        Health::Healthy => (StatusCode::OK, "ok\n".into()),
+        Health::Standby => (
+            StatusCode::OK,
+            "standby: not streaming; waiting for the replication slot\n".into(),
+        ),
+        Health::Unhealthy(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
 /// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    bounds: HealthBounds,
-) -> std::io::Result<()> {
+/// An address in use (the leader's, on the same host) is retried every
+/// [`BIND_RETRY`]; other bind errors are logged and end the endpoint.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, bounds: HealthBounds) {
     let app = Router::new()
         .route(
             "/metrics",
@@ -206,16 +266,39 @@ pub async fn serve(
             "/healthz",
             get(
                 |State((m, b)): State<(Arc<Metrics>, HealthBounds)>| async move {
-                    match health(&m, b) {
-                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-                    }
+                    healthz_response(&m, b)
                 },
             ),
         )
         .with_state((metrics, bounds));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    let Some(listener) = bind(addr).await else {
+        return;
+    };
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, %addr, "metrics endpoint failed");
+    }
+}
+
+/// Binds `addr`, waiting while another process holds it.
+async fn bind(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Some(listener),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                if !warned {
+                    tracing::warn!(%addr, "metrics address in use (by the leader?); retrying the bind every {BIND_RETRY:?}");
+                    warned = true;
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, %addr, "cannot serve /metrics and /healthz (config key metrics.listen)");
+                return None;
+            }
+        }
+    }
 }
 
 /// Polls the slot's lag every few seconds into the gauge.
@@ -228,11 +311,8 @@ pub async fn poll_lag(url: String, slot: String, metrics: Arc<Metrics>) {
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
         {
-            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((c, connection)) => {
-                    tokio::spawn(connection);
-                    client = Some(c);
-                }
+            match cm_worker::connect_sql(&url).await {
+                Ok(c) => client = Some(c),
                 Err(_) => continue,
             }
         }

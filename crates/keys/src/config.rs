@@ -1,6 +1,6 @@
 //! The user's mapping: what the catalog cannot know.
 //!
-//! Loaded with figment from TOML, then the environment (`{PREFIX}TABLES__...`,
+//! Loaded (with the `figment` feature) from TOML, then the environment (`{PREFIX}TABLES__...`,
 //! `__` between levels). A table is `[tables."schema.table"]` or, equally,
 //! `[tables.schema.table]`; only the nested form can be reached from the
 //! environment (figment splits env keys at dots), e.g.
@@ -29,10 +29,13 @@
 //! e.g. `tables."public.book".foreign_keys[0].columns`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+#[cfg(feature = "figment")]
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -177,10 +180,11 @@ pub enum ConfigError {
     },
 }
 
+#[cfg(feature = "figment")]
 impl SchemaConfig {
     /// Loads `file` (TOML), then overrides from environment variables starting
     /// with `env_prefix` (e.g. `CM_SCHEMA_`), levels separated by `__`.
-    pub fn load(file: &Path, env_prefix: &str) -> Result<SchemaConfig, ConfigError> {
+    pub fn load(file: &std::path::Path, env_prefix: &str) -> Result<SchemaConfig, ConfigError> {
         if !file.is_file() {
             return Err(ConfigError::NotFound {
                 file: file.to_owned(),
@@ -232,7 +236,7 @@ pub(crate) fn toml_path<'a>(segments: impl Iterator<Item = &'a str>) -> String {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "figment"))]
 mod tests {
     use super::*;
 
@@ -287,7 +291,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_its_own_error() {
-        let file = Path::new("/nonexistent/cm-keys.toml");
+        let file = std::path::Path::new("/nonexistent/cm-keys.toml");
         assert_eq!(
             SchemaConfig::load(file, "CM_KEYS_TEST_"),
             Err(ConfigError::NotFound {

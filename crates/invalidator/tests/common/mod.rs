@@ -99,7 +99,7 @@ impl Harness {
         let mut command = self.command(&["run"]);
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         if crash_after_apply {
-            command.env(cm_invalidator::worker::CRASH_AFTER_APPLY_ENV, "1");
+            command.env(cm_invalidator::CRASH_AFTER_APPLY_ENV, "1");
         }
         Worker(Some(command.spawn().unwrap()))
     }

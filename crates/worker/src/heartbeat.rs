@@ -11,7 +11,7 @@ use cm_keys::{describe_pg_error, Heartbeat};
 use tokio_postgres::{Client, NoTls};
 
 /// The logical message prefix for one key prefix's heartbeats.
-pub fn message_prefix(cache_prefix: &str) -> String {
+pub fn heartbeat_message_prefix(cache_prefix: &str) -> String {
     format!("cm.heartbeat.{cache_prefix}")
 }
 
@@ -38,7 +38,7 @@ pub async fn emit(client: &Client, prefix: &str) -> Result<(), tokio_postgres::E
 /// Emits heartbeats forever on its own connection, reconnecting as needed.
 /// Failures only delay heartbeats (readers then bypass the cache), so they
 /// are logged, never fatal.
-pub async fn emit_forever(url: String, prefix: String, interval: Duration) {
+pub async fn emit_heartbeats(url: String, prefix: String, interval: Duration) {
     let mut client: Option<Client> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -105,7 +105,7 @@ impl From<&MessageName> for TableName {
 
 /// What one DDL message invalidates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DdlPlan {
+pub struct DdlEffects {
     /// Names whose generation is bumped (relations and functions alike:
     /// readers snapshot `table_generation` of both).
     pub generations: BTreeSet<TableName>,
@@ -115,24 +115,24 @@ pub struct DdlPlan {
     pub malformed: bool,
 }
 
-impl DdlPlan {
-    /// The plan for a message at `lsn` with `content`, against `catalog`.
-    pub fn for_message(lsn: Lsn, content: &[u8], catalog: &Catalog) -> DdlPlan {
-        let mut plan = DdlPlan::default();
+impl DdlEffects {
+    /// What the message at `lsn` with `content` invalidates, against `catalog`.
+    pub fn for_message(lsn: Lsn, content: &[u8], catalog: &Catalog) -> DdlEffects {
+        let mut effects = DdlEffects::default();
         let message = match serde_json::from_slice::<DdlMessage>(content) {
             Ok(message) if message.v == DDL_MESSAGE_VERSION => message,
             Ok(message) => {
-                plan.malformed = true;
-                plan.epoch(format!(
+                effects.malformed = true;
+                effects.epoch(format!(
                     "DDL message version {} is not {DDL_MESSAGE_VERSION}",
                     message.v
                 ));
-                return plan;
+                return effects;
             }
             Err(error) => {
-                plan.malformed = true;
-                plan.epoch(format!("DDL message does not parse: {error}"));
-                return plan;
+                effects.malformed = true;
+                effects.epoch(format!("DDL message does not parse: {error}"));
+                return effects;
             }
         };
         // The catalog may already show this DDL's result (a burst of DDL, or
@@ -141,15 +141,15 @@ impl DdlPlan {
         // on them.
         let catalog_may_be_newer = lsn < catalog.lsn;
         if catalog_may_be_newer && !creates_or_refreshes(&message) {
-            plan.epoch(format!(
+            effects.epoch(format!(
                 "DDL message at {lsn} ({}) is older than the worker's catalog (read at {})",
                 message.tag, catalog.lsn
             ));
         }
         for object in &message.objects {
-            plan.add_object(object, catalog, catalog_may_be_newer);
+            effects.add_object(object, catalog, catalog_may_be_newer);
         }
-        plan
+        effects
     }
 
     /// The bumps, in the order the contract needs: every generation (and
@@ -275,14 +275,14 @@ mod tests {
         TableName::new("public", name)
     }
 
-    fn plan(content: &str, catalog: &Catalog) -> DdlPlan {
-        DdlPlan::for_message(Lsn(100), content.as_bytes(), catalog)
+    fn effects(content: &str, catalog: &Catalog) -> DdlEffects {
+        DdlEffects::for_message(Lsn(100), content.as_bytes(), catalog)
     }
 
     #[test]
     fn a_renamed_relation_bumps_its_old_and_new_name_and_its_family() {
         let catalog = catalog_with(&[(7, "book")], &[], 50);
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"ALTER TABLE","objects":[
                 {"kind":"relation","oid":7,"schema":"public","name":"novel","exists":true,
                  "relkind":"r","ancestors":[{"schema":"public","name":"work"}],
@@ -294,73 +294,81 @@ mod tests {
             .into_iter()
             .map(public)
             .collect();
-        assert_eq!(plan.generations, expected);
-        assert!(plan.epoch_reasons.is_empty(), "{:?}", plan.epoch_reasons);
+        assert_eq!(effects.generations, expected);
+        assert!(
+            effects.epoch_reasons.is_empty(),
+            "{:?}",
+            effects.epoch_reasons
+        );
     }
 
     #[test]
     fn a_created_relation_that_may_shadow_another_bumps_the_epoch() {
         let catalog = catalog_with(&[], &[], 50);
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"CREATE TABLE","objects":[
                 {"kind":"relation","oid":8,"schema":"app","name":"book","exists":true,
                  "same_name_elsewhere":true}]}"#,
             &catalog,
         );
-        assert_eq!(plan.epoch_reasons.len(), 1);
-        assert!(plan.generations.contains(&TableName::new("app", "book")));
+        assert_eq!(effects.epoch_reasons.len(), 1);
+        assert!(effects.generations.contains(&TableName::new("app", "book")));
     }
 
     #[test]
     fn altering_a_known_relation_whose_name_exists_elsewhere_is_scoped() {
         let catalog = catalog_with(&[(7, "book")], &[], 50);
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"ALTER TABLE","objects":[
                 {"kind":"relation","oid":7,"schema":"public","name":"book","exists":true,
                  "same_name_elsewhere":true}]}"#,
             &catalog,
         );
-        assert!(plan.epoch_reasons.is_empty(), "{:?}", plan.epoch_reasons);
-        assert_eq!(plan.generations, BTreeSet::from([public("book")]));
+        assert!(
+            effects.epoch_reasons.is_empty(),
+            "{:?}",
+            effects.epoch_reasons
+        );
+        assert_eq!(effects.generations, BTreeSet::from([public("book")]));
     }
 
     #[test]
     fn a_renamed_function_bumps_both_names() {
         let catalog = catalog_with(&[], &[(9, "price")], 50);
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"ALTER FUNCTION","objects":[
                 {"kind":"function","oid":9,"schema":"public","name":"cost","exists":true,
                  "same_name_elsewhere":false}]}"#,
             &catalog,
         );
         assert_eq!(
-            plan.generations,
+            effects.generations,
             BTreeSet::from([public("price"), public("cost")])
         );
-        assert!(plan.epoch_reasons.is_empty());
+        assert!(effects.epoch_reasons.is_empty());
     }
 
     #[test]
     fn an_unscoped_object_bumps_the_epoch() {
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"ALTER SCHEMA","objects":[
                 {"kind":"unscoped","type":"schema","identity":"app2"}]}"#,
             &Catalog::default(),
         );
-        assert_eq!(plan.epoch_reasons.len(), 1);
-        assert!(!plan.malformed);
+        assert_eq!(effects.epoch_reasons.len(), 1);
+        assert!(!effects.malformed);
     }
 
     #[test]
     fn a_message_older_than_the_catalog_bumps_the_epoch() {
         let catalog = catalog_with(&[(7, "book")], &[], 500);
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"ddl_command_end","tag":"ALTER TABLE","objects":[
                 {"kind":"relation","oid":7,"schema":"public","name":"book","exists":true}]}"#,
             &catalog,
         );
-        assert_eq!(plan.epoch_reasons.len(), 1);
-        assert_eq!(plan.generations, BTreeSet::from([public("book")]));
+        assert_eq!(effects.epoch_reasons.len(), 1);
+        assert_eq!(effects.generations, BTreeSet::from([public("book")]));
     }
 
     #[test]
@@ -373,7 +381,7 @@ mod tests {
                  "same_name_elsewhere":{elsewhere}}}]}}"#
             )
         };
-        let scoped = plan(&create(false), &catalog);
+        let scoped = effects(&create(false), &catalog);
         assert!(
             scoped.epoch_reasons.is_empty(),
             "{:?}",
@@ -382,7 +390,7 @@ mod tests {
         assert_eq!(scoped.generations, BTreeSet::from([public("tag")]));
         // The catalog already holds the new table under its name: that must
         // not hide the shadowing.
-        assert_eq!(plan(&create(true), &catalog).epoch_reasons.len(), 1);
+        assert_eq!(effects(&create(true), &catalog).epoch_reasons.len(), 1);
     }
 
     #[test]
@@ -392,22 +400,22 @@ mod tests {
             r#"{"v":2,"event":"x","tag":"x","objects":[]}"#,
             r#"{"v":1,"event":"x","tag":"x","objects":[{"kind":"galaxy"}]}"#,
         ] {
-            let plan = plan(content, &Catalog::default());
-            assert!(plan.malformed, "{content}");
-            assert_eq!(plan.epoch_reasons.len(), 1, "{content}");
+            let effects = effects(content, &Catalog::default());
+            assert!(effects.malformed, "{content}");
+            assert_eq!(effects.epoch_reasons.len(), 1, "{content}");
         }
     }
 
     #[test]
     fn the_schema_version_is_bumped_after_the_generations() {
         let space = KeySpace::new("t").unwrap();
-        let plan = plan(
+        let effects = effects(
             r#"{"v":1,"event":"sql_drop","tag":"DROP VIEW","objects":[
                 {"kind":"relation","oid":3,"schema":"public","name":"v","exists":false}]}"#,
             &Catalog::default(),
         );
         let mut txn = TxnInvalidations::new(10);
-        plan.add_to(&space, &mut txn);
+        effects.add_to(&space, &mut txn);
         assert!(txn
             .generations()
             .contains(&space.table_generation(&public("v"))));

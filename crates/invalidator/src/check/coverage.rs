@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 
 use cm_keys::{SchemaModel, TableName, TablePolicy};
 
-use crate::check::{finding, Finding, Status};
+use super::{finding, Finding, Status};
 
 /// User relations that readers never cache, with the reason; the tables
 /// they cache only as a whole; the functions that make a statement read
@@ -48,7 +48,7 @@ ORDER BY 1";
 
 /// The coverage findings for `publication`; `model` (when it could be
 /// built) says which tables the mapping invalidates as a whole.
-pub async fn coverage_findings(
+pub(super) async fn coverage_findings(
     client: &Client,
     publication: &str,
     model: Option<&SchemaModel>,

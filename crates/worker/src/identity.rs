@@ -85,7 +85,7 @@ ORDER BY 1, 2";
 
 /// Verdicts for the tables of `publication`, or for every table FOR ALL
 /// TABLES would publish when `publication` is `None`.
-pub async fn verdicts(
+pub async fn identity_verdicts(
     client: &Client,
     publication: Option<&str>,
 ) -> Result<Vec<IdentityVerdict>, tokio_postgres::Error> {

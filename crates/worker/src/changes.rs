@@ -25,7 +25,7 @@ use cm_keys::{
 use cm_pgoutput::{LogicalMessage, Lsn, Oid, Relation};
 
 use crate::catalog::Catalog;
-use crate::ddl::DdlPlan;
+use crate::ddl::DdlEffects;
 use crate::txn::TxnInvalidations;
 
 /// A change that breaks the stream's own rules.
@@ -142,11 +142,6 @@ impl ChangeMapper {
         self.table_keys.clear();
     }
 
-    /// The catalog changes are mapped with.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     /// Whether `message` is a change of a relation the model does not know
     /// and the catalog was not yet re-read for this session: then the
     /// caller re-reads it before mapping (a partition created after the
@@ -173,11 +168,11 @@ impl ChangeMapper {
     }
 
     /// Adds what the DDL message at `lsn` invalidates to `txn` and returns
-    /// the plan (for the log: epoch reasons, a malformed message).
-    pub fn ddl(&self, lsn: Lsn, content: &[u8], txn: &mut TxnInvalidations) -> DdlPlan {
-        let plan = DdlPlan::for_message(lsn, content, &self.catalog);
-        plan.add_to(&self.space, txn);
-        plan
+    /// its effects (for the log: epoch reasons, a malformed message).
+    pub fn ddl(&self, lsn: Lsn, content: &[u8], txn: &mut TxnInvalidations) -> DdlEffects {
+        let effects = DdlEffects::for_message(lsn, content, &self.catalog);
+        effects.add_to(&self.space, txn);
+        effects
     }
 
     /// Records a Relation message; a changed layout bumps the table.

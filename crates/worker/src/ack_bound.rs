@@ -17,9 +17,10 @@ use cm_keys::{Key, WorkerState};
 use cm_replication::Acker;
 use cm_store::CacheStore;
 
-use crate::metrics::Metrics;
+use crate::error::WorkerError;
+use crate::observer::Observer;
+use crate::retry::retry_store;
 use crate::slot_identity::write_state;
-use crate::worker::{retry_store, WorkerError};
 
 /// Least time between two writes of the bound. Each raise covers
 /// everything received, so under load one write per interval is enough;
@@ -31,7 +32,7 @@ pub struct BoundKeeper {
     store: Arc<dyn CacheStore>,
     key: Key,
     state: WorkerState,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
     max_backoff: Duration,
 }
 
@@ -42,14 +43,14 @@ impl BoundKeeper {
         store: Arc<dyn CacheStore>,
         key: Key,
         state: WorkerState,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn Observer>,
         max_backoff: Duration,
     ) -> BoundKeeper {
         BoundKeeper {
             store,
             key,
             state,
-            metrics,
+            observer,
             max_backoff,
         }
     }
@@ -63,7 +64,7 @@ impl BoundKeeper {
             let (store, key, state) = (self.store.as_ref(), &self.key, &self.state);
             retry_store(
                 self.max_backoff,
-                &self.metrics,
+                self.observer.as_ref(),
                 "persist the confirm bound",
                 || write_state(store, key, state),
             )

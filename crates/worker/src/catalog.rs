@@ -16,7 +16,7 @@ use cm_keys::{discover, SchemaConfig, SchemaModel, TableName};
 use cm_pgoutput::Lsn;
 use tokio_postgres::Client;
 
-use crate::worker::connect_sql;
+use crate::sql::connect_sql;
 
 /// Reading the catalog failed.
 #[derive(Debug, thiserror::Error)]

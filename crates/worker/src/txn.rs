@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use cm_keys::{Invalidation, Key, TableKeys};
+use cm_keys::{Key, TableKeys};
 use cm_pgoutput::{Lsn, PgTimestamp};
 
 /// The invalidations collected for one transaction.
@@ -31,9 +31,10 @@ impl TxnInvalidations {
         }
     }
 
-    /// Adds one row change's keys.
-    pub fn add(&mut self, invalidation: Invalidation) {
-        let Invalidation {
+    /// Adds one row change's keys (the tests' shorthand).
+    #[cfg(test)]
+    pub fn add(&mut self, invalidation: cm_keys::Invalidation) {
+        let cm_keys::Invalidation {
             objects,
             parents,
             predicates,
@@ -245,7 +246,7 @@ fn insert_cloned(set: &mut BTreeSet<Key>, key: &Key) {
 
 #[cfg(test)]
 mod tests {
-    use cm_keys::{KeySpace, TableName};
+    use cm_keys::{Invalidation, KeySpace, TableName};
 
     use super::*;
 

@@ -16,7 +16,9 @@
 //! keeps answering keepalives; nothing is acknowledged); a lost connection
 //! or PostgreSQL restart reconnects from `0/0`; a busy slot (another worker
 //! holds it) is waited for. A stop request abandons the current transaction
-//! unacknowledged, sends CopyDone and returns.
+//! unacknowledged, sends CopyDone and returns; a session that cannot end by
+//! itself within [`STOP_GRACE`] (a retry against a cache that is down, a
+//! server that does not answer) is dropped, which confirms nothing more.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,88 +32,38 @@ use cm_replication::{
 };
 use cm_store::{CacheStore, StoreError};
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::ack_bound::BoundKeeper;
-use crate::apply::{apply_once, Applied, Backoff};
-use crate::catalog::{CatalogReadError, CatalogReader};
-use crate::changes::{ChangeError, ChangeMapper};
-use crate::config::InvalidatorConfig;
+use crate::apply::{apply_once, Applied};
+use crate::catalog::CatalogReader;
+use crate::changes::ChangeMapper;
 use crate::ddl::DDL_MESSAGE_PREFIX;
-use crate::heartbeat::{heartbeat_for, message_prefix};
-use crate::metrics::Metrics;
+use crate::error::WorkerError;
+use crate::heartbeat::{heartbeat_for, heartbeat_message_prefix};
+use crate::observer::{Observer, Role};
+use crate::options::WorkerOptions;
 use crate::pipeline::{ApplyFuture, Pipeline};
+use crate::retry::{retry_store, Backoff};
 use crate::slot_identity::{flush_reason, read_state, starting_bound, write_state};
+use crate::sql::connect_sql;
 use crate::txn::{CommitGroup, TxnInvalidations};
 
 /// Most transactions applied as one [`CommitGroup`].
 const MAX_GROUP: usize = 64;
 
-/// Why a session ended.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// Replication failed (connection, server, slot state).
-    #[error(transparent)]
-    Replication(#[from] ReplicationError),
-    /// SQL on the ordinary connection failed.
-    #[error("SQL: {}", cm_keys::describe_pg_error(.0))]
-    Sql(#[from] tokio_postgres::Error),
-    /// The stream broke its own rules.
-    #[error(transparent)]
-    Change(#[from] ChangeError),
-    /// The cache failed where no retry makes sense (a bad key).
-    #[error("cache: {0}")]
-    Store(#[from] StoreError),
-    /// An acknowledgement was refused.
-    #[error(transparent)]
-    Ack(#[from] cm_replication::AckError),
-    /// The catalog could not be read, or the mapping no longer fits it.
-    #[error(transparent)]
-    Catalog(#[from] CatalogReadError),
-}
-
-impl WorkerError {
-    /// Errors an operator must fix; retrying cannot help. `run` exits with
-    /// them, before touching the cache when they show at a session start.
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            WorkerError::Replication(
-                ReplicationError::SlotTwoPhase { .. }
-                    | ReplicationError::SlotMismatch { .. }
-                    | ReplicationError::PublicationMissing { .. }
-                    | ReplicationError::WalLevelNotLogical { .. }
-                    | ReplicationError::NotReplicationRole { .. }
-                    | ReplicationError::Config(_)
-                    | ReplicationError::Auth(_)
-            )
-        ) || matches!(self, WorkerError::Catalog(error) if error.is_fatal())
-    }
-
-    /// PostgreSQL ended the session in an orderly way (shutdown, restart).
-    fn is_ended_by_server(&self) -> bool {
-        matches!(self, WorkerError::Replication(e) if e.is_ended_by_server())
-    }
-}
+/// How long a stopping session may take to end by itself (finish sending
+/// CopyDone) before it is dropped.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a running worker holds.
 pub struct Worker {
-    config: InvalidatorConfig,
+    options: WorkerOptions,
     space: KeySpace,
     store: Arc<dyn CacheStore>,
     /// The `[schema]` mapping the model is rebuilt with after DDL.
     mapping: SchemaConfig,
-    metrics: Arc<Metrics>,
-    crash_after_apply: bool,
-}
-
-/// Fault injection for crash tests: when this environment variable is set,
-/// the worker aborts the process right after applying a transaction's
-/// invalidations and before acknowledging it (a `kill -9` at the worst time).
-pub const CRASH_AFTER_APPLY_ENV: &str = "CM_FAULT_CRASH_AFTER_APPLY";
-
-enum SessionEnd {
-    Stopped,
+    observer: Arc<dyn Observer>,
 }
 
 impl Worker {
@@ -119,26 +71,27 @@ impl Worker {
     /// the schema model with `mapping`) when it starts streaming, and again
     /// after every DDL and for relations the model does not know.
     pub fn new(
-        config: InvalidatorConfig,
+        options: WorkerOptions,
         space: KeySpace,
         store: Arc<dyn CacheStore>,
         mapping: SchemaConfig,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn Observer>,
     ) -> Worker {
         Worker {
-            config,
+            options,
             space,
             store,
             mapping,
-            metrics,
-            crash_after_apply: std::env::var_os(CRASH_AFTER_APPLY_ENV).is_some(),
+            observer,
         }
     }
 
-    /// Runs sessions until `stop` turns true; returns an error only for
-    /// problems an operator must fix.
+    /// Runs sessions until `stop` turns true (or its sender is dropped);
+    /// returns an error only for problems an operator must fix. It returns
+    /// at most [`STOP_GRACE`] after the stop request, whatever the session
+    /// was waiting for; nothing is confirmed that was not applied.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
-        let max = Duration::from_millis(self.config.worker.max_backoff_ms);
+        let max = self.options.max_backoff;
         let mut backoff = Backoff::new(max);
         let mut mapper = ChangeMapper::new(self.space.clone());
         loop {
@@ -146,8 +99,17 @@ impl Worker {
                 return Ok(());
             }
             let started = Instant::now();
-            match self.session(&mut mapper, &mut stop).await {
-                Ok(SessionEnd::Stopped) => return Ok(()),
+            let mut session_stop = stop.clone();
+            let ended = tokio::select! {
+                ended = self.session(&mut mapper, &mut session_stop) => ended,
+                () = grace_after_stop(stop.clone()) => {
+                    tracing::warn!("the session did not end within {STOP_GRACE:?} of the stop request; abandoning it unacknowledged");
+                    return Ok(());
+                }
+            };
+            self.observer.role_changed(Role::Standby);
+            match ended {
+                Ok(()) => return Ok(()),
                 Err(error) if error.is_fatal() => return Err(error),
                 Err(error) => {
                     if matches!(&error, WorkerError::Replication(e) if e.is_slot_busy()) {
@@ -174,18 +136,18 @@ impl Worker {
         &self,
         mapper: &mut ChangeMapper,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<SessionEnd, WorkerError> {
-        let replication = ReplicationConfig::parse(&self.config.postgres.url)?;
-        let slot = SlotName::new(&self.config.postgres.slot)?;
-        let publications = vec![self.config.postgres.publication.clone()];
-        let client = connect_sql(&self.config.postgres.url).await?;
+    ) -> Result<(), WorkerError> {
+        let replication = ReplicationConfig::parse(&self.options.postgres_url)?;
+        let slot = SlotName::new(&self.options.slot)?;
+        let publications = vec![self.options.publication.clone()];
+        let client = connect_sql(&self.options.postgres_url).await?;
         // A misconfiguration is fatal and must leave the cache as it is.
         let found = check_prerequisites(&client, &slot, &publications).await?;
         let mut conn = ReplicationConnection::connect(&replication).await?;
         let system = conn.identify_system().await?;
         let created = self.ensure_slot(&mut conn, &slot, found).await?;
         let mut options = StartOptions::new(slot.clone(), publications);
-        options.status_interval = Duration::from_millis(self.config.worker.status_interval_ms);
+        options.status_interval = self.options.status_interval;
         // Nothing is confirmed before the bound covering it is persisted;
         // a flush of 0/0 is ignored by PostgreSQL.
         options.ack_ceiling = Some(Lsn::INVALID);
@@ -196,12 +158,13 @@ impl Worker {
         acker.raise_ceiling(Lsn(state.confirm_bound.unwrap_or_default()));
         mapper.reset_session();
         tracing::info!(system_id = %system.system_id, timeline = system.timeline, "streaming");
+        self.observer.role_changed(Role::Leader);
         let keeper = BoundKeeper::new(
             Arc::clone(&self.store),
             self.space.worker_state(),
             state,
-            Arc::clone(&self.metrics),
-            Duration::from_millis(self.config.worker.max_backoff_ms),
+            Arc::clone(&self.observer),
+            self.options.max_backoff,
         );
         let result = tokio::select! {
             result = self.stream(mapper, &mut stream, stop) => result,
@@ -210,13 +173,9 @@ impl Worker {
                 Err(error) => Err(error),
             },
         };
-        match result {
-            Ok(()) => {
-                stream.stop().await?;
-                Ok(SessionEnd::Stopped)
-            }
-            Err(error) => Err(error),
-        }
+        result?;
+        stream.stop().await?;
+        Ok(())
     }
 
     /// Creates a missing slot, re-creates a lost one; returns whether it
@@ -282,7 +241,7 @@ impl Worker {
             self.store.bump_generation(key.as_str()).await
         })
         .await?;
-        self.metrics.epoch_bumps.inc();
+        self.observer.epoch_bumped();
         tracing::warn!(reason, "epoch bumped: every cached result is invalid");
         Ok(())
     }
@@ -293,15 +252,14 @@ impl Worker {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let max_backoff = Duration::from_millis(self.config.worker.max_backoff_ms);
-        retry_store(max_backoff, &self.metrics, what, op).await
+        retry_store(self.options.max_backoff, self.observer.as_ref(), what, op).await
     }
 
     /// Consumes the stream until stop (Ok) or an error.
     ///
     /// Transactions are pipelined: while earlier ones are still being
     /// applied, later ones are read and their invalidations start, up to
-    /// `worker.max_in_flight` groups. Consecutive commits that arrive
+    /// [`WorkerOptions::max_in_flight`] groups. Consecutive commits that arrive
     /// together (already buffered by the stream) form one [`CommitGroup`],
     /// applied with one set of cache round trips; a group starts as soon as
     /// the stream has nothing more buffered, so grouping never waits for
@@ -315,8 +273,8 @@ impl Worker {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
         let acker = stream.acker();
-        let heartbeat_prefix = message_prefix(self.space.prefix());
-        let mut catalog = CatalogReader::new(&self.config.postgres.url, self.mapping.clone());
+        let heartbeat_prefix = heartbeat_message_prefix(self.space.prefix());
+        let mut catalog = CatalogReader::new(&self.options.postgres_url, self.mapping.clone());
         if mapper.needs_catalog() {
             self.refresh_catalog(mapper, &mut catalog, "worker start")
                 .await?;
@@ -325,7 +283,7 @@ impl Worker {
         let mut group = CommitGroup::default();
         let mut pipeline = Pipeline::default();
         loop {
-            let can_read = pipeline.in_flight() < self.config.worker.max_in_flight;
+            let can_read = pipeline.in_flight() < self.options.max_in_flight;
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 done = pipeline.next_applied(), if pipeline.in_flight() > 0 => {
@@ -342,7 +300,7 @@ impl Worker {
                     };
                     match event.message {
                         LogicalMessage::Begin(begin) => {
-                            txn = Some((TxnInvalidations::new(self.config.worker.key_budget), begin.commit_ts));
+                            txn = Some((TxnInvalidations::new(self.options.key_budget), begin.commit_ts));
                         }
                         LogicalMessage::Relation(relation) => {
                             mapper.relation(relation, txn.as_mut().map(|(t, _)| t));
@@ -402,7 +360,7 @@ impl Worker {
                     // twice the budget.
                     if !stream.has_buffered()
                         || group.len() >= MAX_GROUP
-                        || group.keys() >= self.config.worker.key_budget
+                        || group.keys() >= self.options.key_budget
                     {
                         self.start_group(&mut pipeline, &mut group);
                     }
@@ -436,26 +394,26 @@ impl Worker {
     /// it calls for is one of the transaction's generation bumps, applied
     /// before the commit is acknowledged.
     fn ddl(&self, mapper: &ChangeMapper, message: &Message, txn: &mut TxnInvalidations) {
-        let plan = mapper.ddl(message.lsn, &message.content, txn);
-        let names: Vec<String> = plan.generations.iter().map(|n| n.to_string()).collect();
-        if plan.malformed {
+        let effects = mapper.ddl(message.lsn, &message.content, txn);
+        let names: Vec<String> = effects.generations.iter().map(|n| n.to_string()).collect();
+        if effects.malformed {
             tracing::error!(
                 lsn = %message.lsn,
-                reasons = ?plan.epoch_reasons,
+                reasons = ?effects.epoch_reasons,
                 "unreadable DDL message: the whole cache is flushed (epoch bump)"
             );
-        } else if !plan.epoch_reasons.is_empty() {
+        } else if !effects.epoch_reasons.is_empty() {
             tracing::warn!(
                 lsn = %message.lsn,
-                reasons = ?plan.epoch_reasons,
+                reasons = ?effects.epoch_reasons,
                 generations = ?names,
                 "DDL cannot be scoped: the whole cache is flushed (epoch bump)"
             );
         } else {
             tracing::info!(lsn = %message.lsn, generations = ?names, "DDL: generations and schema version bumped");
         }
-        if !plan.epoch_reasons.is_empty() {
-            self.metrics.epoch_bumps.inc();
+        if !effects.epoch_reasons.is_empty() {
+            self.observer.epoch_bumped();
         }
     }
 
@@ -473,16 +431,16 @@ impl Worker {
         applied: Applied,
         group: &CommitGroup,
     ) -> Result<(), WorkerError> {
-        if self.crash_after_apply && !group.invalidations().is_empty() {
-            tracing::error!("{CRASH_AFTER_APPLY_ENV} is set: aborting before the ack");
+        if self.options.abort_after_apply && !group.invalidations().is_empty() {
+            tracing::error!("abort_after_apply is set: aborting before the ack");
             std::process::abort();
         }
         // The group's cache work is counted once, with its first commit.
         let mut applied = Some(applied);
         for commit in group.commits() {
             acker.commit_done(commit.end_lsn)?;
-            self.metrics
-                .record_commit(commit, applied.take().unwrap_or_default());
+            self.observer
+                .commit_applied(commit, applied.take().unwrap_or_default());
         }
         Ok(())
     }
@@ -490,16 +448,19 @@ impl Worker {
     /// A future that applies `group` (retrying cache errors) and hands it back.
     fn applying(&self, group: CommitGroup) -> ApplyFuture {
         let store = Arc::clone(&self.store);
-        let metrics = Arc::clone(&self.metrics);
-        let max_backoff = Duration::from_millis(self.config.worker.max_backoff_ms);
+        let observer = Arc::clone(&self.observer);
+        let max_backoff = self.options.max_backoff;
         Box::pin(async move {
             let txn = group.invalidations();
             if txn.is_empty() {
                 return Ok((Applied::default(), group));
             }
-            let applied = retry_store(max_backoff, &metrics, "apply invalidations", || {
-                apply_once(store.as_ref(), txn)
-            })
+            let applied = retry_store(
+                max_backoff,
+                observer.as_ref(),
+                "apply invalidations",
+                || apply_once(store.as_ref(), txn),
+            )
             .await?;
             Ok((applied, group))
         })
@@ -519,50 +480,19 @@ impl Worker {
                 .await
         })
         .await?;
-        self.metrics.record_heartbeat(&heartbeat);
+        self.observer.heartbeat_written(&heartbeat);
         acker.message_done(lsn)?;
         Ok(())
     }
 }
 
-/// Retries a cache operation with backoff until it succeeds. Errors that no
-/// retry can fix (invalid keys, oversized values) are returned; everything
-/// else (down, slow, contended) is counted, logged and retried, while the
-/// stream's own task keeps answering keepalives and nothing is acknowledged.
-pub(crate) async fn retry_store<T, F, Fut>(
-    max_backoff: Duration,
-    metrics: &Metrics,
-    what: &str,
-    mut op: F,
-) -> Result<T, WorkerError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut backoff = Backoff::new(max_backoff);
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error @ (StoreError::InvalidKey { .. } | StoreError::ValueTooLarge { .. })) => {
-                return Err(error.into())
-            }
-            Err(error) => {
-                metrics.cache_errors.inc();
-                tracing::warn!(%error, what, "cache operation failed; retrying, nothing is acknowledged");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
+/// Completes [`STOP_GRACE`] after `stop` turns true (or its sender is
+/// dropped); pending until then.
+async fn grace_after_stop(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
         }
     }
-}
-
-/// An ordinary SQL connection whose connection task runs in the background
-/// (its end is logged at debug level; the next query reports the error).
-pub async fn connect_sql(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(error = %cm_keys::describe_pg_error(&error), "sql connection closed");
-        }
-    });
-    Ok(client)
+    tokio::time::sleep(STOP_GRACE).await;
 }

@@ -16,8 +16,8 @@ use cm_pgoutput::Lsn;
 use futures::stream::{FuturesOrdered, StreamExt};
 
 use crate::apply::Applied;
+use crate::error::WorkerError;
 use crate::txn::CommitGroup;
-use crate::worker::WorkerError;
 
 /// Applies one group's invalidations and hands the group back.
 pub type ApplyFuture =

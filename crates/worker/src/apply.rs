@@ -14,7 +14,6 @@
 //! next change.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use cm_store::{CacheStore, StoreError};
 
@@ -85,34 +84,11 @@ pub async fn apply_once(
     Ok(applied)
 }
 
-/// Exponential backoff between retries, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at 50 ms, doubles up to `max`.
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_millis(50).min(max),
-            max,
-        }
-    }
-
-    /// The wait before the next try.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use async_trait::async_trait;
     use cm_keys::{Invalidation, KeySpace, TableName};
