@@ -4,7 +4,7 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use cm_replication::inspect::slot_info;
+use cm_replication::preflight::slot_info;
 use cm_replication::SlotName;
 
 use cm_keys::{KeySpace, SchemaModel, TableName};
