@@ -12,7 +12,7 @@ use figment::Figment;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use cm_replication::inspect::slot_info;
+use cm_replication::preflight::slot_info;
 use cm_replication::SlotName;
 
 use cm_keys::{KeySpace, SchemaModel, TableName};
@@ -177,7 +177,7 @@ async fn role_finding(client: &Client) -> Result<Finding, tokio_postgres::Error>
             format!(
                 "lacks the REPLICATION attribute: `run` cannot stream. \
                  Run as a superuser: ALTER ROLE {} REPLICATION",
-                cm_replication::inspect::quote_ident(&role)
+                cm_replication::preflight::quote_ident(&role)
             ),
         ),
     })

@@ -18,7 +18,7 @@
 //!   (the invalidator's side); [`keys_for_row`] and [`image_from_binary`]
 //!   give the reader the keys of a row it read.
 //! * [`Heartbeat`] and [`WorkerState`]: the records the invalidator writes
-//!   and readers check.
+//!   and readers check (`records.rs`).
 //! * [`describe_pg_error`]: the one line every crate shows for a PostgreSQL
 //!   error (the server's message, not just `db error`).
 //!
@@ -49,11 +49,11 @@ mod config;
 mod config_tables;
 mod datetime;
 mod derive;
-mod heartbeat;
 mod image;
 mod key;
 mod model;
 mod pg_error;
+mod records;
 mod schema;
 mod value;
 
@@ -62,10 +62,10 @@ pub use config::{ConfigError, ForeignKeyConfig, SchemaConfig, TableConfig};
 pub use derive::{
     derive, derive_row_keys, keys_for_row, ChangeKind, Invalidation, RowImage, TableKeys, Value,
 };
-pub use heartbeat::{Heartbeat, WorkerState};
 pub use image::{image_from_binary, images_from_pgoutput, ImageError, RowImages};
 pub use key::{Key, KeyKind, KeySpace, PrefixError, MAX_PREFIX_LEN};
 pub use pg_error::describe_pg_error;
+pub use records::{Heartbeat, WorkerState};
 pub use schema::{
     Column, ColumnSet, ForeignKey, ForeignKeySource, KeySource, ReplicaIdentity, SchemaModel,
     Table, TableName, TablePolicy,

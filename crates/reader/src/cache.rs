@@ -17,9 +17,9 @@ use crate::dependencies::{self, ColumnOrigins, Param};
 use crate::entry::{Source, SourceParam};
 use crate::error::ReaderError;
 use crate::fill::{CachePlan, Fetched, MissParts};
+use crate::learned::{LearnedStatement, Reads, StatementCache};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::{QueryOptions, ReaderOptions};
-use crate::plan::{Reads, StatementCache, StatementInfo};
 
 /// A row of a table named by its key values, for [`QueryCache::cached_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl QueryCache {
         client: &Client,
         namespace: &str,
         sql: &str,
-    ) -> Result<Arc<StatementInfo>, ReaderError> {
+    ) -> Result<Arc<LearnedStatement>, ReaderError> {
         let key = StatementCache::key(namespace, sql);
         if let Some(info) = self.statements.get(&key).filter(|info| !info.expired()) {
             return Ok(info);
@@ -348,7 +348,7 @@ impl QueryCache {
     /// generation keys come with the statement, the rest waits for a miss.
     pub(crate) fn plan_for<'a>(
         &'a self,
-        info: &'a StatementInfo,
+        info: &'a LearnedStatement,
         options: &'a QueryOptions,
         kind: &'a str,
         sql: &'a str,
@@ -383,7 +383,7 @@ impl QueryCache {
     /// flush lists and the source. `reads` are `info`'s.
     fn miss_parts(
         &self,
-        info: &StatementInfo,
+        info: &LearnedStatement,
         reads: &Reads,
         options: &QueryOptions,
         kind: &str,

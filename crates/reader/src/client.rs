@@ -198,7 +198,7 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         // Refuse writes before wrapping: the wrapper would hide them.
         if let Err(reason) = crate::sql::analyse(sql) {
             let client: &Client = self.client.client.borrow();
-            return Err(crate::plan::not_a_read(client, sql, reason).await);
+            return Err(crate::learned::not_a_read(client, sql, reason).await);
         }
         let inner = sql.trim().trim_end_matches(';');
         // The newline ends a trailing `--` comment before the parenthesis.
@@ -233,8 +233,8 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         .await
     }
 
-    /// The common path: statement info, plan, lookup or fill. `make` turns
-    /// the live result into the payload to cache.
+    /// The common path: the learned statement, the cache plan, lookup or
+    /// fill. `make` turns the live result into the payload to cache.
     async fn cached<P, M>(
         &self,
         sql: &str,
@@ -250,7 +250,7 @@ impl<C: Borrow<Client>> CachedQuery<'_, C> {
         let cache = &self.client.cache;
         let info = if self.options.no_cache {
             if let Err(reason) = crate::sql::analyse(sql) {
-                return Err(crate::plan::not_a_read(client, sql, reason).await);
+                return Err(crate::learned::not_a_read(client, sql, reason).await);
             }
             None
         } else {

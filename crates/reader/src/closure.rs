@@ -1,7 +1,7 @@
 //! What a statement can read, from the catalog, whatever its parameter
 //! values: the closure of the names its text mentions.
 //!
-//! A plan (`EXPLAIN`) shows only what the planner kept for one set of values:
+//! An `EXPLAIN` plan shows only what the planner kept for one set of values:
 //! it drops `UNION ALL` branches that are constant-false for them, children
 //! excluded by `CHECK` constraints and pruned partitions, without always
 //! saying so. So the dependencies come from the catalog instead, in one

@@ -32,7 +32,7 @@ use cm_keys::{
 };
 use postgres_types::{IsNull, ToSql, Type};
 
-use crate::plan::Reads;
+use crate::learned::Reads;
 use crate::row::RowSet;
 use crate::sql::{Filter, Operand};
 

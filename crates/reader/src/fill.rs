@@ -35,7 +35,7 @@ pub(crate) struct CachePlan<'a> {
     pub(crate) miss: Box<dyn Fn() -> MissParts + Send + Sync + 'a>,
 }
 
-/// The parts of a plan only a miss uses.
+/// The parts of a cache plan only a miss uses.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MissParts {
     /// Flush lists to join before the value is computed.

@@ -9,12 +9,12 @@
 //! discovered from the catalog (`closure.rs`: the names the text mentions,
 //! resolved under the session's `search_path`, through views, every `UNION`
 //! branch, inheritance children, partitions and SQL function bodies,
-//! whatever a plan would prune), its `WHERE` equalities where the catalog
-//! proves they name rows of one plain table (predicate and object keys),
-//! and its result columns' origins (row object keys and FK parents). What
-//! the worker cannot see (unpublished or unlogged tables, volatile or
-//! session-dependent functions) is read through; `docs/correctness.md` has
-//! the whole model.
+//! whatever the planner would prune), its `WHERE` equalities where the
+//! catalog proves they name rows of one plain table (predicate and object
+//! keys), and its result columns' origins (row object keys and FK
+//! parents). What the worker cannot see (unpublished or unlogged tables,
+//! volatile or session-dependent functions) is read through;
+//! `docs/correctness.md` has the whole model.
 //!
 //! * Hit: one multi-get of the result, the epoch, the invalidator's
 //!   heartbeat, the schema version and the generations of everything read;
@@ -72,10 +72,10 @@ mod entry;
 mod error;
 mod fill;
 pub mod inspect;
+mod learned;
 mod metrics;
 mod options;
 mod packed;
-mod plan;
 mod registry;
 mod row;
 mod settings;

@@ -47,7 +47,8 @@ pub struct ReaderOptions {
     /// Must not exceed what the store accepts (default: memcached's 1 MiB
     /// item limit minus the store's per-item overhead).
     pub max_value_bytes: usize,
-    /// How many distinct statements' plans are kept in process (default 4096).
+    /// How many learned statements (one per statement text and namespace)
+    /// are kept in process (default 4096).
     pub statement_cache_capacity: usize,
     /// Record every stored statement result in the inspection registry
     /// (default on), so the consistency checker (`crate::inspect`) can
@@ -187,8 +188,8 @@ impl QueryOptions {
         self
     }
 
-    /// Also depend on `table` as a whole: for tables the plan cannot show,
-    /// e.g. those a function reads. A table outside the schema model makes
+    /// Also depend on `table` as a whole: for tables the catalog lookup of
+    /// what a statement reads cannot show, e.g. those a function reads. A table outside the schema model makes
     /// the query read through (nothing would invalidate it).
     pub fn depends_on(mut self, table: TableName) -> QueryOptions {
         self.extra_tables.push(table);

@@ -1,5 +1,5 @@
 //! [`SessionSettings`]: the session state that changes what a statement
-//! returns, read once when a statement is learned (`plan.rs`) and recorded
+//! returns, read once when a statement is learned (`learned.rs`) and recorded
 //! with every result filled from it (`entry.rs`), so the consistency checker
 //! can run the statement again the way the reader's session did.
 

@@ -1,7 +1,8 @@
 //! Schema coverage: what a statement reads comes from the catalog, not from
-//! its text or from one plan. Each test caches a read whose name resolution
-//! or parameter values could mislead, writes with psql to the part that
-//! would be missed, applies the slot's changes, and reads again: fresh.
+//! its text or from one `EXPLAIN` plan. Each test caches a read whose name
+//! resolution or parameter values could mislead, writes with psql to the
+//! part that would be missed, applies the slot's changes, and reads again:
+//! fresh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -72,7 +73,8 @@ async fn a_view_shadowing_a_table_on_the_search_path_is_not_keyed_as_the_table()
 async fn a_union_branch_pruned_for_the_first_values_still_invalidates() {
     let h = harness().await;
     let sql = "SELECT id, name FROM api.everything WHERE kind = $1 ORDER BY id";
-    // Planned with 'addon', the themes branch is constant-false: pruned.
+    // The planner, given 'addon', finds the themes branch constant-false
+    // and prunes it.
     assert_eq!(h.client.query(sql, &[&"addon"]).await.unwrap().len(), 2);
     assert_eq!(
         texts(&h.client.query(sql, &[&"theme"]).await.unwrap(), "name"),

@@ -11,8 +11,8 @@ use cm_pgoutput::Lsn;
 use crate::auth::startup;
 use crate::config::ReplicationConfig;
 use crate::error::{ReplicationError, SQLSTATE_UNDEFINED_OBJECT};
-use crate::inspect::{slot_query, verify_slot, SlotInfo};
 use crate::names::{quote_literal, SlotName};
+use crate::preflight::{slot_query, verify_slot, SlotInfo};
 use crate::stream::{ReplicationStream, StartOptions};
 use crate::wire::{server_error, Backend, Wire};
 
@@ -156,7 +156,7 @@ impl ReplicationConnection {
     }
 
     /// Checks the slot and publications over this connection (the walsender
-    /// accepts plain SQL in database mode): see [`crate::inspect::check_before_streaming`].
+    /// accepts plain SQL in database mode): see [`crate::preflight::check_before_streaming`].
     pub async fn check_slot(
         &mut self,
         slot: &SlotName,

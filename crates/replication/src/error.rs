@@ -142,7 +142,8 @@ pub enum ReplicationError {
         /// The connected role.
         role: String,
     },
-    /// An ordinary SQL query (slot or publication inspection) failed.
+    /// An ordinary SQL query (a preflight query on the slot, publications
+    /// or settings) failed.
     #[error("SQL: {}", describe_sql_error(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// The acknowledgement rule refused an ack.

@@ -4,8 +4,9 @@
 //! Mainline tokio-postgres cannot open a replication connection (no
 //! `replication=database`, no CopyBoth), so this crate speaks the walsender
 //! protocol itself on tokio, with postgres-protocol for message framing and
-//! authentication and [`cm_pgoutput`] for the payloads. Ordinary SQL (slot
-//! and publication inspection) goes through tokio-postgres ([`inspect`]).
+//! authentication and [`cm_pgoutput`] for the payloads. Ordinary SQL (the
+//! slot's row, publications, settings: the checks before streaming) goes
+//! through tokio-postgres ([`preflight`]).
 //!
 //! The protocol rules that shape this crate:
 //! start at `0/0`; confirm only Commit `end_lsn`s the caller finished, or a
@@ -23,8 +24,8 @@ mod auth;
 mod config;
 mod connection;
 mod error;
-pub mod inspect;
 mod names;
+pub mod preflight;
 mod stream;
 mod wire;
 

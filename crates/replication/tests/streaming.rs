@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cm_pgoutput::{LogicalMessage, Lsn};
-use cm_replication::{inspect, ReplicationConnection, ReplicationError, StartOptions};
+use cm_replication::{preflight, ReplicationConnection, ReplicationError, StartOptions};
 use cm_testkit::TestPostgres;
 use common::*;
 
@@ -41,7 +41,7 @@ async fn resent_after_confirming(confirm: Option<usize>) -> Vec<Vec<String>> {
     stream.stop().await.unwrap();
 
     let client = sql(&pg).await;
-    let info = inspect::slot_info(&client, &slot).await.unwrap().unwrap();
+    let info = preflight::slot_info(&client, &slot).await.unwrap().unwrap();
     let expected_flush = confirm.map(|i| txns[i].end_lsn);
     if let Some(flush) = expected_flush {
         assert_eq!(info.confirmed_flush_lsn, Some(flush));
@@ -141,7 +141,7 @@ async fn slot_started_once_with_two_phase_is_refused() {
     ))
     .unwrap();
     let client = sql(&pg).await;
-    let err = inspect::check_before_streaming(&client, &slot, &[PUBLICATION.into()])
+    let err = preflight::check_before_streaming(&client, &slot, &[PUBLICATION.into()])
         .await
         .unwrap_err();
     assert!(
@@ -160,10 +160,10 @@ async fn missing_publication_and_slot_are_refused_with_advice() {
     let pg = TestPostgres::start().unwrap();
     let slot = setup(&pg).await;
     let client = sql(&pg).await;
-    inspect::check_before_streaming(&client, &slot, &[PUBLICATION.into()])
+    preflight::check_before_streaming(&client, &slot, &[PUBLICATION.into()])
         .await
         .unwrap();
-    let err = inspect::check_before_streaming(&client, &slot, &["nope".into()])
+    let err = preflight::check_before_streaming(&client, &slot, &["nope".into()])
         .await
         .unwrap_err();
     assert!(
@@ -171,7 +171,7 @@ async fn missing_publication_and_slot_are_refused_with_advice() {
         "{err}"
     );
     let other = cm_replication::SlotName::new(&pg.unique_name("absent")).unwrap();
-    let err = inspect::check_before_streaming(&client, &other, &[PUBLICATION.into()])
+    let err = preflight::check_before_streaming(&client, &other, &[PUBLICATION.into()])
         .await
         .unwrap_err();
     assert!(matches!(err, ReplicationError::SlotMissing { .. }), "{err}");
@@ -248,7 +248,7 @@ async fn a_quiet_slot_confirms_past_wal_it_is_never_sent() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let info = inspect::slot_info(&client, &slot).await.unwrap().unwrap();
+        let info = preflight::slot_info(&client, &slot).await.unwrap().unwrap();
         let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
         if confirmed >= target {
             break;
@@ -269,7 +269,7 @@ async fn a_ceiling_holds_every_confirmation_until_raised_keepalives_included() {
     let slot = setup(&pg).await;
     let client = sql(&pg).await;
     let confirmed = || async {
-        inspect::slot_info(&client, &slot)
+        preflight::slot_info(&client, &slot)
             .await
             .unwrap()
             .unwrap()

@@ -40,22 +40,22 @@
 mod error;
 mod flush_list;
 mod generation;
-mod heartbeat;
 mod key;
 mod memcached;
 mod memory;
+mod read;
 mod store;
 mod ttl;
 
 pub use error::{KeyProblem, StoreError};
 pub use flush_list::MEMBER_DELIMITER;
 pub use generation::Generation;
-pub use heartbeat::{get_one, read_heartbeat};
 pub use key::{validate_key, MAX_KEY_LEN};
 pub use memcached::{
     fnv1a64, MemcachedConfig, MemcachedStore, StableRendezvous, DEFAULT_ITEM_SIZE_LIMIT,
     DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT, ITEM_OVERHEAD,
 };
 pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use read::{get_one, read_heartbeat};
 pub use store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use ttl::MAX_TTL;

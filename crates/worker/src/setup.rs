@@ -8,7 +8,7 @@
 //! streamed from (see [`crate::slot_identity`]), so a slot created by hand
 //! is caught too.
 
-use cm_replication::inspect::{publication_exists, quote_ident, slot_info};
+use cm_replication::preflight::{publication_exists, quote_ident, slot_info};
 use cm_replication::{ReplicationConfig, ReplicationConnection, SlotName};
 use tokio_postgres::Client;
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig, WorkerState};
 use cm_pgoutput::{LogicalMessage, Lsn, Message, PgTimestamp};
-use cm_replication::inspect::{check_prerequisites, slot_info, SlotInfo};
+use cm_replication::preflight::{check_prerequisites, slot_info, SlotInfo};
 use cm_replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
     StartOptions, SystemIdentity,

@@ -1,6 +1,6 @@
-//! Reading one key, and the invalidator's heartbeat key, for everything
-//! outside the reader's hit path (which reads them inside its one
-//! multi-get).
+//! One-key reads: any key ([`get_one`]) and the invalidator's heartbeat
+//! ([`read_heartbeat`]), for everything outside the reader's hit path
+//! (which reads them inside its one multi-get).
 
 use cm_keys::{Heartbeat, KeySpace};
 

@@ -50,7 +50,7 @@ pub(crate) enum Uncacheable {
 
 /// Everything the reader knows about one statement text.
 #[derive(Debug, Clone)]
-pub(crate) struct StatementInfo {
+pub(crate) struct LearnedStatement {
     /// The parameter types PostgreSQL inferred.
     pub(crate) param_types: Vec<Type>,
     /// The session state of the connection that learned it, recorded with
@@ -76,7 +76,7 @@ pub(crate) struct StatementInfo {
 /// STABLE, a partition created after the model was read).
 const CATALOG_VERDICT_LIFETIME: Duration = Duration::from_secs(30);
 
-impl StatementInfo {
+impl LearnedStatement {
     /// Whether it must be learned again before use.
     pub(crate) fn expired(&self) -> bool {
         matches!(self.reads, Err(Uncacheable::Catalog(_)))
@@ -94,11 +94,12 @@ pub(crate) struct Reads {
     pub(crate) filter: Option<Filter>,
 }
 
-/// The in-process statement cache, keyed by namespace and statement text.
+/// The in-process cache of learned statements, keyed by namespace and
+/// statement text.
 #[derive(Debug)]
 pub(crate) struct StatementCache {
     capacity: usize,
-    entries: Mutex<HashMap<String, Arc<StatementInfo>>>,
+    entries: Mutex<HashMap<String, Arc<LearnedStatement>>>,
 }
 
 impl StatementCache {
@@ -115,12 +116,12 @@ impl StatementCache {
         format!("{}\0{namespace}\0{sql}", namespace.len())
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<StatementInfo>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<LearnedStatement>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.get(key).cloned()
     }
 
-    fn put(&self, key: String, info: Arc<StatementInfo>) {
+    fn put(&self, key: String, info: Arc<LearnedStatement>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity {
             // Crude but bounded: statements are re-learned on their next use.
@@ -148,7 +149,7 @@ impl StatementCache {
         publication: Option<&str>,
         key: String,
         sql: &str,
-    ) -> Result<Arc<StatementInfo>, ReaderError> {
+    ) -> Result<Arc<LearnedStatement>, ReaderError> {
         let shape = match sql::analyse(sql) {
             Ok(shape) => shape,
             Err(reason) => return Err(not_a_read(client, sql, reason).await),
@@ -182,7 +183,7 @@ impl StatementCache {
             reads,
             Err(Uncacheable::Lookup(_) | Uncacheable::NoSchemaVersion)
         );
-        let info = Arc::new(StatementInfo {
+        let info = Arc::new(LearnedStatement {
             param_types,
             settings,
             reads,

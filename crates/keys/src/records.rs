@@ -1,4 +1,4 @@
-//! The values the invalidator writes and readers check, shared so both
+//! The records the invalidator writes and readers check, shared so both
 //! sides parse the same bytes: the heartbeat (how far invalidation has
 //! applied, and when) and the worker state (what the invalidator last
 //! streamed from, and a bound on what it confirmed).

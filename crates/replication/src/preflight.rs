@@ -1,5 +1,9 @@
-//! Slot and publication inspection over an ordinary tokio-postgres
-//! connection, and the checks that must pass before streaming.
+//! Preflight: what must hold before anything depends on the slot, and
+//! before streaming from it, checked over an ordinary tokio-postgres
+//! connection. The slot's row in `pg_replication_slots` ([`SlotInfo`]),
+//! whether publications exist (and creating one), `wal_level` and the
+//! role's REPLICATION attribute ([`check_prerequisites`]), and the
+//! verdict on a slot before START_REPLICATION ([`check_before_streaming`]).
 
 use tokio_postgres::Client;
 
