@@ -3,7 +3,8 @@
 //! percentiles, and small process and URL helpers for the `cm-bench` binary.
 //!
 //! Nothing here asserts a target: machines are shared and noisy, so the
-//! report gives figures and their ratios to the targets of issue 8.
+//! report gives figures and their ratios to the targets it lists (the
+//! `target` column of `BENCHMARKS.md`).
 
 use bytes::Bytes;
 use cm_keys::{

@@ -1,7 +1,7 @@
 //! `cm-e2e`: end-to-end tests of the whole system. The crate holds no
 //! library code; everything lives in `tests/`:
 //!
-//! * `tests/randomized.rs`: the randomized test (issue 7, item 5). A schema
+//! * `tests/randomized.rs`: the randomized test. A schema
 //!   with an FK chain (author -> addon -> version, cascading), a composite
 //!   primary key (`addon_tag`), a list-partitioned table (`event`, published
 //!   by leaf), a view joining two tables and a toasted column

@@ -43,12 +43,14 @@ pub enum ImageError {
 /// Builds the images of a change from its pgoutput tuples.
 ///
 /// * `n` is SQL NULL, except inside a `K` (key-only) old tuple, where a
-///   non-key column's `n` means "not sent": [`Value::Unknown`] (§2.1).
+///   non-key column's `n` means "not sent": [`Value::Unknown`]
+///   (`docs/pgoutput.md` §2.2).
 /// * `u` (unchanged TOAST) in the new tuple takes the old tuple's value when
-///   the old tuple carries one, else [`Value::Unknown`] (§2.3).
+///   the old tuple carries one, else [`Value::Unknown`] (`docs/pgoutput.md` §3.3).
 /// * An UPDATE without an old tuple means the replica identity columns did
-///   not change (§2.2): the old image holds the new values of the columns
-///   flagged as key in the Relation, every other column is unknown.
+///   not change (`docs/pgoutput.md` §3.1): the old image holds the new
+///   values of the columns flagged as key in the Relation, every other
+///   column is unknown.
 /// * A value whose type has no canonical form is [`Value::Unknown`]: it
 ///   cannot feed a key, so a key that needs it bumps the table generation.
 pub fn images_from_pgoutput(

@@ -1,4 +1,4 @@
-//! Issue 4's acceptance property: for random rows and changes (insert,
+//! The property the key scheme exists for: for random rows and changes (insert,
 //! update with and without old tuple, delete with a key-only old tuple, PK
 //! change, FK change, unchanged TOAST), every key the reader would register
 //! for the old or the new row version is among the keys the invalidator
@@ -88,7 +88,7 @@ fn tuple_of(values: &[Option<String>]) -> TupleData {
     tuple(&refs)
 }
 
-/// What pgoutput sends for this change under `identity` (§2.2).
+/// What pgoutput sends for this change under `identity` (`docs/pgoutput.md` §3.1).
 fn wire(
     change: &Change,
     identity: ReplicaIdentity,
@@ -111,7 +111,7 @@ fn wire(
             toast_title,
         } => {
             let mut new_text = text(new);
-            // An unchanged out-of-line value is sent as `u` (§2.3).
+            // An unchanged out-of-line value is sent as `u` (`docs/pgoutput.md` §3.3).
             if *toast_title && old.title == new.title {
                 new_text[2] = Some("<u>".into());
             }

@@ -263,7 +263,7 @@ impl QueryCache {
     }
 
     /// Memoises `compute` under `key` for `ttl`. Nothing but the TTL and an
-    /// epoch bump invalidates it (the seed's `cached`), and the heartbeat is
+    /// epoch bump invalidates it (like django-cache-machine's `cached`), and the heartbeat is
     /// not checked: use it for values that do not come from the database, or
     /// that may be as stale as `ttl`.
     pub async fn cached<T, E, F, Fut>(&self, key: &str, ttl: Duration, compute: F) -> Result<T, E>
@@ -291,7 +291,7 @@ impl QueryCache {
     }
 
     /// Memoises `compute` under `key` for `ttl`, invalidated whenever
-    /// `object` changes (the seed's `cached_with`): the value joins the
+    /// `object` changes (like django-cache-machine's `cached_with`): the value joins the
     /// object's flush list before `compute` runs, and snapshots its table's
     /// generation, so a change that the invalidator cannot key still
     /// invalidates it.

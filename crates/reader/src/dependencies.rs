@@ -18,9 +18,9 @@
 //!   change of the table).
 //!
 //! After the query, the object keys of the rows returned and of their FK
-//! parents ([`cm_keys::keys_for_row`]): the seed's neighbour links, so a
-//! parent's change flushes queries over its children and a child's change
-//! flushes queries holding the parent. They are registered before the
+//! parents ([`cm_keys::keys_for_row`]): django-cache-machine's neighbour
+//! links, so a parent's change flushes queries over its children and a
+//! child's change flushes queries holding the parent. They are registered before the
 //! store, but nothing relies on them for the race.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
