@@ -34,7 +34,7 @@
 //!   and the clear, so a worker that dies in between leaves the list, with
 //!   every member, for the replayed transaction to find again.
 //! * Let a vanished generation read as a match: generations start at a random
-//!   64-bit value.
+//!   value below 2^63 (`generation.rs` says why not 64 bits).
 //! * Hang: every call is bounded by the configured timeout.
 
 mod error;

@@ -1,4 +1,4 @@
-//! `run`: the at-least-once loop.
+//! The at-least-once loop.
 //!
 //! Per session: check the configuration against the server before the
 //! cache is touched (wal_level, role, publication, a foreign slot: fatal),
@@ -8,9 +8,10 @@
 //! timeline or slot bumps the epoch), persist the confirm bound and let the
 //! ack gate confirm up to it ([`crate::ack_bound`] keeps it ahead). Per transaction: collect
 //! invalidations from every change, apply them to the cache until that
-//! succeeds, and only then acknowledge the Commit's `end_lsn`. Transactions
-//! are applied one after another, so the acknowledged position is always a
-//! prefix of finished work.
+//! succeeds, and only then acknowledge the Commit's `end_lsn`. Groups of
+//! transactions are applied concurrently ([`crate::pipeline`]), but their
+//! results are taken in commit order, so the acknowledged position is always
+//! a prefix of finished work.
 //!
 //! Faults: a cache error is retried with backoff forever (the stream task
 //! keeps answering keepalives; nothing is acknowledged); a lost connection

@@ -392,7 +392,7 @@ fn render_markdown(f: &Figures, rows: &[Row], table: &str, criterion_log: &str) 
     writeln!(w, "# Benchmarks\n")?;
     writeln!(
         w,
-        "Written by `scripts/bench` (issue 8). Every figure below comes from one run on one \
+        "Written by `scripts/bench`. Every figure below comes from one run on one \
          machine, side by side; the machines are shared and noisy, so read the ratios, not the \
          absolute numbers. Nothing here is asserted by the tests.\n"
     )?;

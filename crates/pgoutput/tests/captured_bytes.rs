@@ -16,7 +16,7 @@ fn hex(s: &str) -> Bytes {
 }
 
 fn decode(s: &str) -> LogicalMessage {
-    decode_message(hex(s), DecodeContext::default()).expect("research bytes decode")
+    decode_message(hex(s), DecodeContext::default()).expect("captured bytes decode")
 }
 
 fn lsn(s: &str) -> Lsn {
