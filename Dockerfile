@@ -1,4 +1,6 @@
 # cm-invalidator and the add-ons example service, for docker-compose.yml.
+# scripts/test runs this file's `RUN cargo build` line and checks that every
+# `COPY --from=build` source exists (scripts/lib/docker.sh).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
