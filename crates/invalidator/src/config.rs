@@ -297,12 +297,7 @@ impl InvalidatorConfig {
         }
         cm_replication::SlotName::new(&self.postgres.slot)
             .map_err(|e| ("postgres.slot", e.to_string()))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            (
-                "log.level",
-                format!("{:?} is not a tracing filter ({e})", self.log.level),
-            )
-        })?;
+        check_log_filter(&self.log.level).map_err(|e| ("log.level", e))?;
         Ok(())
     }
 
@@ -331,6 +326,43 @@ impl InvalidatorConfig {
             publish_tables: self.postgres.publish_tables.clone(),
         }
     }
+}
+
+/// Checks `log.level`: a level (`info`), or comma-separated directives
+/// that each give a level (`cm_worker=debug,info`). The tracing filter
+/// syntax also takes a bare target (`cm_worker`, meaning every level of
+/// it), but then any typo is a target that matches nothing and the log
+/// goes silent, so a directive without `=` must be a level here.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    let bad = |why: String| Err(format!("{filter:?} is not a log filter: {why}"));
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return bad("it is empty; write e.g. \"info\" or \"cm_worker=debug,info\"".into());
+    }
+    for directive in directives {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target.trim()), level.trim()),
+            None => (None, directive),
+        };
+        if level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_err()
+        {
+            return bad(format!(
+                "{level:?} in {directive:?} is not a level (trace, debug, info, warn, error, off)"
+            ));
+        }
+        if target.is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace)) {
+            return bad(format!("{directive:?} does not name a target"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .or_else(|e| bad(e.to_string()))
 }
 
 /// The environment variables: `CM_INVALIDATOR_<SECTION>__<KEY>`.

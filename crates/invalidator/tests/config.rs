@@ -102,3 +102,28 @@ fn a_password_in_a_file_others_may_read_gets_a_warning() {
     std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(exposed_password_warning(plain.path()), None);
 }
+
+#[test]
+fn log_level_takes_levels_and_target_directives_and_names_the_key_otherwise() {
+    let with_level = |level: &str| {
+        load(&format!(
+            "[postgres]\nurl = 'x'\n[cache]\nservers = ['a:1']\n[log]\nlevel = '{level}'\n"
+        ))
+    };
+    for good in [
+        "info",
+        "WARN",
+        "cm_worker=debug,info",
+        "cm_invalidator::run=trace, warn",
+    ] {
+        assert!(
+            with_level(good).is_ok(),
+            "{good}: {:?}",
+            with_level(good).err()
+        );
+    }
+    for bad in ["not a filter", "verbose", "cm_worker=loud", "", "=debug"] {
+        let err = with_level(bad).unwrap_err();
+        assert!(err.contains("key log.level"), "{bad}: {err}");
+    }
+}

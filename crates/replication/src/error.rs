@@ -137,7 +137,7 @@ pub enum ReplicationError {
         wal_level: String,
     },
     /// The role may not stream (neither REPLICATION nor superuser).
-    #[error("role {role:?} has neither the REPLICATION attribute nor superuser: ALTER ROLE {role} REPLICATION")]
+    #[error("role {role:?} has neither the REPLICATION attribute nor superuser: ALTER ROLE {} REPLICATION", crate::preflight::quote_ident(.role))]
     NotReplicationRole {
         /// The connected role.
         role: String,

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
 use cm_store::{read_heartbeat, CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
-use cm_testkit::{TestEnv, TestMemcached, TestPostgres};
+use cm_testkit::{PgClusterBuilder, TestEnv, TestMemcached, TestPostgres};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cm-invalidator");
 
 pub struct Harness {
     pub env: TestEnv,
+    /// The configuration file's text.
+    pub toml: String,
     pub config_path: PathBuf,
     _config_file: tempfile::TempPath,
     pub space: KeySpace,
@@ -28,6 +30,8 @@ pub struct Harness {
 #[derive(Default)]
 pub struct Options {
     pub owned_pg: bool,
+    /// A cluster of the test's own with these settings (implies owned_pg).
+    pub cluster: Option<PgClusterBuilder>,
     pub owned_memcached: bool,
     pub extra_toml: String,
 }
@@ -35,7 +39,9 @@ pub struct Options {
 impl Harness {
     pub async fn new(schema_sql: &str, options: Options) -> Harness {
         let env = TestEnv {
-            pg: if options.owned_pg {
+            pg: if let Some(builder) = options.cluster {
+                TestPostgres::start_with(builder).unwrap()
+            } else if options.owned_pg {
                 TestPostgres::start_owned().unwrap()
             } else {
                 TestPostgres::start().unwrap()
@@ -66,6 +72,7 @@ impl Harness {
         let store: Arc<dyn CacheStore> =
             Arc::new(MemcachedStore::connect(memcached).await.unwrap());
         Harness {
+            toml,
             config_path: config_file.to_path_buf(),
             _config_file: config_file,
             space: KeySpace::new(prefix).unwrap(),
@@ -78,6 +85,20 @@ impl Harness {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command.arg("--config").arg(&self.config_path).args(args);
+        command
+    }
+
+    /// Another configuration file: this one's text after `edit`.
+    pub fn config_file(&self, edit: impl FnOnce(&str) -> String) -> tempfile::TempPath {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(edit(&self.toml).as_bytes()).unwrap();
+        file.into_temp_path()
+    }
+
+    /// `cm-invalidator --config <config> <args>`.
+    pub fn command_with(&self, config: &std::path::Path, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config).args(args);
         command
     }
 
