@@ -213,6 +213,7 @@ impl SchemaConfig {
 
 /// Renders path segments as a TOML path: bare keys as is, other keys quoted,
 /// numeric segments (sequence indices) as `[n]`.
+#[cfg(feature = "figment")]
 pub(crate) fn toml_path<'a>(segments: impl Iterator<Item = &'a str>) -> String {
     let mut out = String::new();
     for segment in segments {

@@ -41,7 +41,7 @@ mod txn;
 mod worker;
 
 pub use apply::Applied;
-pub use ddl_trigger::{trigger_state, TriggerState, COST_WITHOUT_TRIGGERS};
+pub use ddl_trigger::{trigger_state, TriggerState};
 pub use error::WorkerError;
 pub use heartbeat::{emit_heartbeats, heartbeat_message_prefix, unix_micros_now};
 pub use identity::{identity_verdicts, IdentityVerdict, Verdict};
