@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::psql;
+use crate::tls;
 use crate::url::ConnParams;
 use crate::util::{
     display_command, file_tail, find_pg_bin_dir, find_program, free_port, is_executable, is_root,
@@ -56,6 +57,7 @@ pub struct PgClusterBuilder {
     settings: Vec<(String, String)>,
     hba_lines: Vec<String>,
     bin_dir: Option<PathBuf>,
+    tls: bool,
 }
 
 impl PgClusterBuilder {
@@ -78,6 +80,17 @@ impl PgClusterBuilder {
     /// (`$CM_PG_BIN`, else the highest `/usr/lib/postgresql/*/bin`).
     pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the server with `ssl = on` and a certificate for `127.0.0.1`
+    /// only (not `localhost`: see [`TLS_SERVER_NAME`]), signed by a throwaway
+    /// CA whose PEM file [`PgCluster::tls_ca_file`] names. The key file is
+    /// mode 0600 and owned by the server's user, as PostgreSQL demands.
+    ///
+    /// [`TLS_SERVER_NAME`]: crate::TLS_SERVER_NAME
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -134,6 +147,7 @@ impl PgClusterBuilder {
             bin_dir,
             port: 0,
             run_as,
+            tls_ca: None,
         };
 
         let mut initdb = cluster.pg_command("initdb");
@@ -152,12 +166,18 @@ impl PgClusterBuilder {
         cluster.run_pg(initdb)?;
         cluster.prepend_hba_lines(&self.hba_lines)?;
         cluster.include_settings_file()?;
+        let mut settings = self.settings;
+        if self.tls {
+            cluster.tls_ca = Some(cluster.install_certificates()?);
+            // Before the caller's settings, which may override it.
+            settings.insert(0, ("ssl".to_string(), "on".to_string()));
+        }
 
         let mut attempt = 0;
         loop {
             attempt += 1;
             cluster.port = free_port()?;
-            cluster.write_settings(&self.settings)?;
+            cluster.write_settings(&settings)?;
             match cluster.pg_ctl_start() {
                 Ok(()) => break,
                 Err(_) if attempt < START_ATTEMPTS => {
@@ -197,6 +217,7 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     port: u16,
     run_as: Option<RunAs>,
+    tls_ca: Option<PathBuf>,
 }
 
 impl PgCluster {
@@ -223,6 +244,13 @@ impl PgCluster {
     /// The directory that holds the server's Unix socket.
     pub fn socket_dir(&self) -> &Path {
         &self.socket_dir
+    }
+
+    /// The PEM file of the CA that signed the server's certificate, when the
+    /// cluster was started with [`PgClusterBuilder::tls`]; pass it as
+    /// `sslrootcert`.
+    pub fn tls_ca_file(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     /// The PostgreSQL bin directory in use.
@@ -425,6 +453,23 @@ impl PgCluster {
         }
         text.push_str(&old);
         self.write_config_file(&path, &text)
+    }
+
+    /// Writes `server.crt` and `server.key` (mode 0600) into the data
+    /// directory, where `ssl = on` looks for them, and the CA's certificate
+    /// next to it; returns the CA file's path.
+    fn install_certificates(&self) -> Result<PathBuf, TestkitError> {
+        use std::os::unix::fs::PermissionsExt;
+        let certificates = tls::generate()?;
+        let key = self.data_dir.join("server.key");
+        self.write_config_file(&self.data_dir.join("server.crt"), &certificates.server_pem)?;
+        self.write_config_file(&key, &certificates.server_key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| TestkitError::io(format!("chmod 600 {}", key.display()), e))?;
+        let ca = self.dir.path().join("ca.crt");
+        std::fs::write(&ca, &certificates.ca_pem)
+            .map_err(|e| TestkitError::io(format!("writing {}", ca.display()), e))?;
+        Ok(ca)
     }
 
     /// Writes a file in the data directory, owned by the server's user.

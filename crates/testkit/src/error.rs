@@ -87,6 +87,10 @@ pub enum TestkitError {
         detail: String,
     },
 
+    /// The throwaway TLS certificates could not be generated.
+    #[error("generating the test TLS certificates: {0}")]
+    Certificate(String),
+
     /// A file-system or socket operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -14,6 +14,9 @@
 //!   memcached the kit starts never evicts (`-M`), as the cache's metadata
 //!   servers must not; [`MemcachedServer::start_evicting`] starts a small
 //!   one that does, for results (see `docs/eviction.md`).
+//!   [`PgClusterBuilder::tls`] starts a cluster with `ssl = on` and a
+//!   certificate for `127.0.0.1` signed by a throwaway CA
+//!   ([`PgCluster::tls_ca_file`]).
 //!
 //! ```no_run
 //! use cm_testkit::TestEnv;
@@ -64,6 +67,7 @@ mod error;
 mod memcached;
 mod postgres;
 mod psql;
+mod tls;
 mod url;
 mod util;
 
@@ -74,6 +78,7 @@ pub use memcached::{
     ENV_MEMCACHED_MB,
 };
 pub use postgres::{TestPostgres, ENV_PG_URL};
+pub use tls::TLS_SERVER_NAME;
 
 /// Environment variable naming the PostgreSQL bin directory to use.
 pub const ENV_PG_BIN: &str = util::ENV_PG_BIN;

@@ -178,6 +178,12 @@ impl TestPostgres {
         self.cluster.as_ref()
     }
 
+    /// The CA file to pass as `sslrootcert`, when this test owns a cluster
+    /// started with [`PgClusterBuilder::tls`].
+    pub fn tls_ca_file(&self) -> Option<&std::path::Path> {
+        self.cluster.as_ref().and_then(PgCluster::tls_ca_file)
+    }
+
     /// The cluster, mutably (to stop and restart it), when this test owns one.
     pub fn cluster_mut(&mut self) -> Option<&mut PgCluster> {
         self.cluster.as_mut()

@@ -236,3 +236,34 @@ fn a_failed_start_reports_command_stderr_and_server_log() -> TestResult {
     assert!(err.contains("shared_buffers"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_tls_cluster_serves_tls_with_a_certificate_for_127_0_0_1() -> TestResult {
+    let pg = TestPostgres::start_with(PgCluster::builder().tls())?;
+    let ca = pg.tls_ca_file().ok_or("a TLS cluster names its CA")?;
+    assert!(std::fs::read_to_string(ca)?.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(pg.psql("SHOW ssl")?.trim(), "on");
+    // psql verifies the chain and the name with the kit's CA.
+    let out = pg
+        .psql_command()
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", ca)
+        .args([
+            "-At",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{out:?}");
+    // The certificate names 127.0.0.1 only.
+    let out = pg
+        .psql_command()
+        .args(["-h", "localhost"])
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", ca)
+        .args(["-At", "-c", "SELECT 1"])
+        .output()?;
+    assert!(!out.status.success(), "localhost is not in the certificate");
+    assert_eq!(PgCluster::start()?.tls_ca_file(), None);
+    Ok(())
+}
