@@ -1,11 +1,12 @@
 //! Connection settings for a replication connection, parsed by
-//! tokio-postgres's own `Config` parser (URL or `key=value` form).
+//! tokio-postgres's own `Config` parser (URL or `key=value` form), with
+//! `sslmode` and `sslrootcert` read by `cm-tls` as libpq reads them.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::{Host, SslMode};
+use cm_tls::{Conninfo, TlsSettings};
+use tokio_postgres::config::Host;
 
 use crate::error::ReplicationError;
 
@@ -22,8 +23,10 @@ pub struct ReplicationConfig {
     pub dbname: String,
     /// Shown in `pg_stat_replication`; keep it out of `synchronous_standby_names`.
     pub application_name: String,
-    /// Bound on connecting and authenticating.
+    /// Bound on connecting, negotiating TLS and authenticating.
     pub connect_timeout: Duration,
+    /// `sslmode` and `sslrootcert`; TLS applies to TCP targets only.
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for ReplicationConfig {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for ReplicationConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -71,16 +75,12 @@ pub const DEFAULT_APPLICATION_NAME: &str = "cm-invalidator";
 
 impl ReplicationConfig {
     /// Parses a `postgres://` URL or a `key=value` string. Only the first host
-    /// is used; `sslmode` must be `disable` (TLS is not supported yet).
+    /// is used. `sslmode` and `sslrootcert` mean what they mean to libpq
+    /// (see `cm_tls`); a Unix socket never uses TLS.
     pub fn parse(conninfo: &str) -> Result<ReplicationConfig, ReplicationError> {
-        let config = tokio_postgres::Config::from_str(conninfo)
-            .map_err(|e| ReplicationError::Config(format!("connection string: {e}")))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(ReplicationError::Config(
-                "sslmode=require is not supported by the replication client yet; use sslmode=disable"
-                    .into(),
-            ));
-        }
+        let (config, tls) = Conninfo::parse(conninfo)
+            .map_err(|e| ReplicationError::Config(e.to_string()))?
+            .into_parts();
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let target = match config.get_hosts().first() {
             Some(Host::Tcp(host)) => Target::Tcp {
@@ -113,6 +113,7 @@ impl ReplicationConfig {
                 .copied()
                 .unwrap_or(Duration::from_secs(10)),
             user,
+            tls,
         })
     }
 }
@@ -146,8 +147,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_tls_settings() {
+        use cm_tls::{RootCert, SslMode};
+        let c = ReplicationConfig::parse("postgres://cm@h/app").unwrap();
+        assert_eq!(c.tls.mode(), SslMode::Prefer, "libpq's default");
+        let c = ReplicationConfig::parse(
+            "postgres://cm@h/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(c.tls.mode(), SslMode::VerifyFull);
+        assert_eq!(
+            c.tls.root_cert(),
+            Some(&RootCert::File("/etc/ca.pem".into()))
+        );
+        let c = ReplicationConfig::parse("host=h user=u sslmode=require").unwrap();
+        assert_eq!(c.tls.mode(), SslMode::Require);
+    }
+
+    #[test]
     fn refuses_what_it_cannot_honour() {
-        assert!(ReplicationConfig::parse("host=x user=u sslmode=require").is_err());
+        let error = ReplicationConfig::parse("host=x user=u sslmode=verify").unwrap_err();
+        assert!(error.to_string().contains("sslmode \"verify\""), "{error}");
         assert!(ReplicationConfig::parse("host=x dbname=d").is_err());
         assert!(ReplicationConfig::parse("not a conninfo ===").is_err());
     }

@@ -50,11 +50,12 @@ pub struct ReplicationConnection {
 pub type TextRow = Vec<Option<String>>;
 
 impl ReplicationConnection {
-    /// Connects and authenticates, with the session settings of
-    /// [`crate::PINNED_OPTIONS`], within `config.connect_timeout`.
+    /// Connects (over TLS as `config.tls` says), authenticates, with the
+    /// session settings of [`crate::PINNED_OPTIONS`], within
+    /// `config.connect_timeout`.
     pub async fn connect(config: &ReplicationConfig) -> Result<Self, ReplicationError> {
         let connecting = async {
-            let mut wire = Wire::connect(&config.target).await?;
+            let mut wire = Wire::connect(&config.target, &config.tls).await?;
             let session = startup(&mut wire, config).await?;
             Ok(ReplicationConnection {
                 wire,

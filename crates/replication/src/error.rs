@@ -73,6 +73,10 @@ pub enum ReplicationError {
     /// The server answered with an ErrorResponse.
     #[error("server error: {0}")]
     Server(ServerError),
+    /// TLS was required and refused, the server's certificate failed
+    /// verification, or the handshake broke.
+    #[error(transparent)]
+    Tls(#[from] cm_tls::TlsError),
     /// Authentication failed or asked for a method we do not speak.
     #[error("authentication: {0}")]
     Auth(String),

@@ -4,7 +4,8 @@
 //! Mainline tokio-postgres cannot open a replication connection (no
 //! `replication=database`, no CopyBoth), so this crate speaks the walsender
 //! protocol itself on tokio, with postgres-protocol for message framing and
-//! authentication and [`cm_pgoutput`] for the payloads. Ordinary SQL (the
+//! authentication, [`cm_pgoutput`] for the payloads and `cm_tls` for TLS
+//! (`sslmode`, `sslrootcert`: an SSLRequest, then rustls, on TCP only). Ordinary SQL (the
 //! slot's row, publications, settings: the checks before streaming) goes
 //! through tokio-postgres ([`preflight`]).
 //!

@@ -10,6 +10,8 @@ use postgres_protocol::message::backend::{Header, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use cm_tls::{Negotiated, TlsSettings};
+
 use crate::config::Target;
 use crate::error::{ReplicationError, ServerError};
 
@@ -33,8 +35,13 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    /// Opens a TCP or Unix-socket connection (TCP_NODELAY: status updates are tiny).
-    pub(crate) async fn connect(target: &Target) -> Result<Wire, ReplicationError> {
+    /// Opens a TCP or Unix-socket connection (TCP_NODELAY: status updates
+    /// are tiny). On TCP, TLS is negotiated as `tls` says before anything
+    /// else is sent; a Unix socket never uses TLS, as in libpq.
+    pub(crate) async fn connect(
+        target: &Target,
+        tls: &TlsSettings,
+    ) -> Result<Wire, ReplicationError> {
         let io_err = |source| ReplicationError::Io {
             target: target.to_string(),
             source,
@@ -45,7 +52,13 @@ impl Wire {
                     .await
                     .map_err(io_err)?;
                 stream.set_nodelay(true).map_err(io_err)?;
-                Box::new(stream)
+                let connector = tls
+                    .connector()
+                    .map_err(|e| ReplicationError::Config(e.to_string()))?;
+                match connector.negotiate(stream, host).await? {
+                    Negotiated::Plain(stream) => Box::new(stream),
+                    Negotiated::Tls(stream) => stream,
+                }
             }
             Target::Unix { .. } => Box::new(
                 UnixStream::connect(target.to_string())
