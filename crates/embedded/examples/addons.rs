@@ -18,12 +18,12 @@ use cm_embedded::{EmbeddedCache, EmbeddedOptions};
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig};
 use cm_reader::{CachedRow, CachingClient, QueryCache, ReaderOptions};
 use cm_store::{read_heartbeat, CacheStore, MemcachedConfig, MemcachedStore};
-use tokio_postgres::NoTls;
 
 /// The add-ons demo service.
 #[derive(Parser)]
 struct Args {
-    /// PostgreSQL connection URL (the schema is created if missing).
+    /// PostgreSQL connection URL (the schema is created if missing); takes
+    /// `sslmode` and `sslrootcert` as libpq does.
     #[arg(long)]
     pg: String,
     /// memcached `host:port` for metadata (run with `-M`), shared with a
@@ -131,7 +131,7 @@ impl Service {
 type Connected = (Service, Arc<dyn CacheStore>, KeySpace);
 
 async fn connect(args: &Args) -> Result<Connected> {
-    let (sql, connection) = tokio_postgres::connect(&args.pg, NoTls).await?;
+    let (sql, connection) = cm_tls::connect(&args.pg).await?;
     tokio::spawn(connection);
     sql.batch_execute(include_str!("addons.sql"))
         .await

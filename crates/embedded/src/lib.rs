@@ -37,7 +37,8 @@ use tokio::task::JoinHandle;
 /// What an embedded cache needs.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Connection string; the role needs REPLICATION for the stream.
+    /// Connection string; the role needs REPLICATION for the stream. Its
+    /// `sslmode` and `sslrootcert` apply to every connection (see `cm_tls`).
     pub postgres_url: String,
     /// This process's own replication slot.
     pub slot: String,
@@ -84,9 +85,13 @@ pub enum EmbeddedError {
     /// Creating the publication or slot failed.
     #[error("setting up replication: {0}")]
     Setup(#[from] cm_worker::setup::SetupError),
-    /// The database is unreachable.
+    /// A query failed.
     #[error("postgres: {}", cm_keys::describe_pg_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// The database is unreachable, refused the login, or TLS failed
+    /// (`sslmode`, `sslrootcert` in `postgres_url`).
+    #[error("postgres: {0}")]
+    Connect(#[from] cm_tls::ConnectError),
     /// Discovering the schema failed.
     #[error("schema: {0}")]
     Catalog(#[from] cm_keys::CatalogError),

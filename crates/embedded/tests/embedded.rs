@@ -55,3 +55,14 @@ async fn a_psql_write_refreshes_an_embedded_cached_list() {
     );
     cache.shutdown().await;
 }
+
+#[tokio::test]
+async fn sslmode_require_against_a_server_without_tls_is_refused_clearly() {
+    let pg = TestPostgres::start().unwrap();
+    let options = EmbeddedOptions::new(format!("{}?sslmode=require", pg.url()));
+    let error = EmbeddedCache::start(options).await.err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "postgres: server does not support TLS but sslmode=require"
+    );
+}

@@ -26,9 +26,10 @@ pub enum CacheConfigError {
     /// Catalog discovery failed.
     #[error("reading the catalog: {0}")]
     Catalog(#[from] cm_keys::CatalogError),
-    /// The database is unreachable (`postgres.url`).
-    #[error("config key postgres.url: {}", cm_keys::describe_pg_error(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    /// The database is unreachable, refused the login, or TLS failed
+    /// (`postgres.url`).
+    #[error("config key postgres.url: {0}")]
+    Postgres(#[from] cm_tls::ConnectError),
 }
 
 /// The memcached store the configuration names: metadata on

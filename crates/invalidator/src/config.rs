@@ -43,6 +43,7 @@ pub struct InvalidatorConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection string (URL or key=value); the role needs REPLICATION.
+    /// `sslmode` and `sslrootcert` work as in libpq (`docs/tls.md`).
     pub url: String,
     /// Replication slot; lower-case letters, digits, underscores.
     #[serde(default = "default_slot")]
@@ -295,6 +296,8 @@ impl InvalidatorConfig {
         if self.worker.heartbeat_interval_ms == 0 {
             return Err(("worker.heartbeat_interval_ms", "must be at least 1".into()));
         }
+        cm_tls::TlsSettings::from_conninfo(&self.postgres.url)
+            .map_err(|e| ("postgres.url", e.to_string()))?;
         cm_replication::SlotName::new(&self.postgres.slot)
             .map_err(|e| ("postgres.slot", e.to_string()))?;
         check_log_filter(&self.log.level).map_err(|e| ("log.level", e))?;
@@ -391,8 +394,8 @@ pub fn exposed_password_warning(file: &Path) -> Option<String> {
     let url: String = Figment::from(Toml::file_exact(file))
         .extract_inner("postgres.url")
         .ok()?;
-    let parsed: tokio_postgres::Config = url.parse().ok()?;
-    parsed.get_password()?;
+    let parsed = cm_tls::Conninfo::parse(&url).ok()?;
+    parsed.config().get_password()?;
     let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o777;
     (mode & 0o044 != 0).then(|| {
         format!(

@@ -127,3 +127,31 @@ fn log_level_takes_levels_and_target_directives_and_names_the_key_otherwise() {
         assert!(err.contains("key log.level"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn bad_tls_parameters_in_the_url_are_named_at_load() {
+    let with = |url: &str| format!("[postgres]\nurl = '{url}'\n[cache]\nservers = ['a:1']\n");
+    let err = load(&with("postgres://cm@db/app?sslmode=verify")).unwrap_err();
+    assert!(err.contains("key postgres.url"), "{err}");
+    assert!(err.contains("sslmode \"verify\" is not one of"), "{err}");
+    let err = load(&with("host=db user=cm sslmode=verify-full")).unwrap_err();
+    assert!(err.contains("key postgres.url"), "{err}");
+    assert!(err.contains("needs sslrootcert"), "{err}");
+    let config = load(&with(
+        "postgres://cm@db/app?sslmode=verify-full&sslrootcert=/etc/cm/ca.pem",
+    ))
+    .unwrap();
+    assert!(config.postgres.url.contains("verify-full"));
+}
+
+#[test]
+fn a_password_next_to_tls_parameters_still_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let text =
+        "[postgres]\nurl = 'postgres://cm:s3cret@db/app?sslmode=verify-full&sslrootcert=system'\n\
+                [cache]\nservers = ['a:1']\n";
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(exposed_password_warning(file.path()).is_some());
+}

@@ -32,23 +32,11 @@ impl Conninfo {
     /// names only Unix sockets (which never use TLS, as in libpq), `prefer`
     /// for `prefer`, `require` for `require`, `verify-ca` and `verify-full`.
     pub fn parse(conninfo: &str) -> Result<Conninfo, TlsConfigError> {
-        let mut names = OURS.to_vec();
-        names.extend_from_slice(UNSUPPORTED);
-        let split = take_params(conninfo, &names)?;
-        let (mut mode, mut root_cert) = (None, None);
-        // The last occurrence wins, as in libpq.
-        for (key, value) in split.taken {
-            match key.as_str() {
-                "sslmode" => mode = Some(value.parse::<SslMode>()?),
-                "sslrootcert" => root_cert = Some(RootCert::parse(&value)?),
-                _ => return Err(TlsConfigError::Unsupported(key)),
-            }
-        }
-        let mut config = Config::from_str(&split.rest).map_err(TlsConfigError::Conninfo)?;
+        let (tls, rest) = take_tls_settings(conninfo)?;
+        let mut config = Config::from_str(&rest).map_err(TlsConfigError::Conninfo)?;
         if config.get_ssl_negotiation() == SslNegotiation::Direct {
             return Err(TlsConfigError::DirectNegotiation);
         }
-        let tls = TlsSettings::new(mode, root_cert)?;
         config.ssl_mode(postgres_ssl_mode(&config, tls.mode()));
         Ok(Conninfo { config, tls })
     }
@@ -75,6 +63,31 @@ impl FromStr for Conninfo {
     fn from_str(conninfo: &str) -> Result<Conninfo, TlsConfigError> {
         Conninfo::parse(conninfo)
     }
+}
+
+impl TlsSettings {
+    /// Reads only the TLS parameters of `conninfo`, leaving the rest
+    /// unchecked: for validating a configuration before connecting.
+    pub fn from_conninfo(conninfo: &str) -> Result<TlsSettings, TlsConfigError> {
+        Ok(take_tls_settings(conninfo)?.0)
+    }
+}
+
+/// The TLS settings and the rest of the string, for tokio-postgres.
+fn take_tls_settings(conninfo: &str) -> Result<(TlsSettings, String), TlsConfigError> {
+    let mut names = OURS.to_vec();
+    names.extend_from_slice(UNSUPPORTED);
+    let split = take_params(conninfo, &names)?;
+    let (mut mode, mut root_cert) = (None, None);
+    // The last occurrence wins, as in libpq.
+    for (key, value) in split.taken {
+        match key.as_str() {
+            "sslmode" => mode = Some(value.parse::<SslMode>()?),
+            "sslrootcert" => root_cert = Some(RootCert::parse(&value)?),
+            _ => return Err(TlsConfigError::Unsupported(key)),
+        }
+    }
+    Ok((TlsSettings::new(mode, root_cert)?, split.rest))
 }
 
 /// What tokio-postgres must do with the SSLRequest; verification is the
@@ -160,6 +173,14 @@ mod tests {
             error("host=h bogus=1").contains("bogus"),
             "tokio-postgres names it"
         );
+    }
+
+    #[test]
+    fn the_tls_parameters_alone_can_be_checked() {
+        let tls = TlsSettings::from_conninfo("not a conninfo").unwrap();
+        assert_eq!(tls, TlsSettings::default());
+        let error = TlsSettings::from_conninfo("postgres://h/db?sslmode=verify-ca").unwrap_err();
+        assert!(error.to_string().contains("needs sslrootcert"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum CatalogReadError {
     /// A query or the connection failed (retried by reconnecting).
     #[error("reading the catalog: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    /// The connection could not be opened.
+    #[error("reading the catalog: {0}")]
+    Connect(#[from] cm_tls::ConnectError),
     /// Discovery failed.
     #[error(transparent)]
     Discovery(#[from] cm_keys::CatalogError),

@@ -16,6 +16,10 @@ pub enum WorkerError {
     /// SQL on the ordinary connection failed.
     #[error("SQL: {}", cm_keys::describe_pg_error(.0))]
     Sql(#[from] tokio_postgres::Error),
+    /// The ordinary connection could not be opened (unreachable, refused
+    /// login, TLS refused or a certificate failing verification).
+    #[error("SQL connection: {0}")]
+    Connect(#[from] cm_tls::ConnectError),
     /// The stream broke its own rules.
     #[error(transparent)]
     Change(#[from] ChangeError),
@@ -46,6 +50,8 @@ impl WorkerError {
                     | ReplicationError::Auth(_)
             )
         ) || matches!(self, WorkerError::Catalog(error) if error.is_fatal())
+            || matches!(self, WorkerError::Replication(ReplicationError::Tls(error)) if error.is_misconfiguration())
+            || matches!(self, WorkerError::Connect(error) if error.is_misconfiguration())
     }
 
     /// PostgreSQL ended the session in an orderly way (shutdown, restart).

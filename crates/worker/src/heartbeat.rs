@@ -8,7 +8,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cm_keys::{describe_pg_error, Heartbeat};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::sql::connect_sql;
 
 /// The logical message prefix for one key prefix's heartbeats.
 pub fn heartbeat_message_prefix(cache_prefix: &str) -> String {
@@ -45,13 +47,10 @@ pub async fn emit_heartbeats(url: String, prefix: String, interval: Duration) {
     loop {
         ticker.tick().await;
         if client.as_ref().is_none_or(Client::is_closed) {
-            match tokio_postgres::connect(&url, NoTls).await {
-                Ok((c, connection)) => {
-                    tokio::spawn(connection);
-                    client = Some(c);
-                }
+            match connect_sql(&url).await {
+                Ok(c) => client = Some(c),
                 Err(error) => {
-                    tracing::warn!(error = %describe_pg_error(&error), "heartbeat: cannot connect");
+                    tracing::warn!(%error, "heartbeat: cannot connect");
                     continue;
                 }
             }

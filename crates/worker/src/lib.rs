@@ -11,6 +11,10 @@
 //! readers how fresh the cache is. The `cm-invalidator` application wraps
 //! all of this in a configuration file, logs, metrics and subcommands;
 //! `cm-embedded` runs it next to a reader in one process.
+//! Every connection it opens (the walsender, the SQL connection, the
+//! catalog reader and the heartbeat emitter) takes `sslmode` and
+//! `sslrootcert` from the URL as libpq does, through `cm-tls`
+//! ([`connect_sql`]).
 //! `docs/architecture.md` shows where the engine sits; `docs/correctness.md`
 //! states the rules it keeps.
 //!
