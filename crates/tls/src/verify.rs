@@ -74,12 +74,29 @@ impl Verifier {
     }
 }
 
-/// rustls's "certificate is only valid for ..." part, or a plain remark.
+/// Which names the certificate holds, from rustls's error.
 fn name_detail(error: &Error) -> String {
-    let text = error.to_string();
-    match text.find("certificate is ") {
-        Some(at) => text[at..].to_owned(),
-        None => "the certificate does not name it in subjectAltName".to_owned(),
+    let Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. }) =
+        error
+    else {
+        return "the certificate does not name it in subjectAltName".to_owned();
+    };
+    if presented.is_empty() {
+        return "the certificate names no host in subjectAltName".to_owned();
+    }
+    let names: Vec<&str> = presented.iter().map(|name| bare_name(name)).collect();
+    format!("the certificate names {}", names.join(", "))
+}
+
+/// `127.0.0.1` for webpki's `IpAddress(127.0.0.1)`, `db` for `DnsName("db")`.
+fn bare_name(presented: &str) -> &str {
+    let inner = presented
+        .strip_prefix("IpAddress(")
+        .or_else(|| presented.strip_prefix("DnsName("))
+        .and_then(|rest| rest.strip_suffix(')'));
+    match inner {
+        Some(inner) => inner.trim_matches('"'),
+        None => presented,
     }
 }
 
@@ -173,5 +190,26 @@ fn rejection_in(error: &(dyn std::error::Error + 'static)) -> Option<Certificate
             inner.downcast_ref::<CertificateRejected>().cloned()
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_a_certificate_holds_are_said_plainly() {
+        let error = Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("localhost").unwrap(),
+            presented: vec![
+                "IpAddress(127.0.0.1)".into(),
+                "DnsName(\"db.example\")".into(),
+            ],
+        });
+        assert_eq!(
+            name_detail(&error),
+            "the certificate names 127.0.0.1, db.example"
+        );
+        assert_eq!(bare_name("Unsupported(0x66)"), "Unsupported(0x66)");
     }
 }
