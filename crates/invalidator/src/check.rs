@@ -3,6 +3,7 @@
 //! Exit 0 when no finding is a problem, 1 otherwise.
 
 mod coverage;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,7 @@ use cm_worker::{identity_verdicts, trigger_state, IdentityVerdict, Verdict};
 
 use crate::cache;
 use coverage::coverage_findings;
+use tls::tls_finding;
 
 /// Runs `check`.
 pub async fn command(
@@ -113,6 +115,7 @@ async fn database_findings(
             format!("{wal_level}: set wal_level = logical and restart PostgreSQL"),
         )
     });
+    out.push(tls_finding(client, &config.postgres.url).await?);
     out.push(role_finding(client).await?);
     out.push(ddl_trigger_finding(client).await?);
     out.extend(publication_findings(client, &config.postgres.publication).await?);
