@@ -16,7 +16,7 @@ use cm_pgoutput::{Decoder, LogicalMessage, Relation};
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::{TestMemcached, TestPostgres};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Authors and books; `book.status` is a predicate set, `book.author_id`
 /// one through its FK; a view joins them. Replica identity FULL so that
@@ -62,8 +62,9 @@ pub struct Applied {
     pub bumped: BTreeSet<Key>,
 }
 
+/// A connection to `url`, with TLS as its `sslmode` says (`cm_tls`).
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (client, connection) = cm_tls::connect(url).await.unwrap();
     tokio::spawn(connection);
     client
 }
@@ -108,6 +109,34 @@ impl Harness {
         })
         .await
         .unwrap();
+        let url = pg.url();
+        Harness::on(pg, memcached, &url, schema, mapping, store_config, options).await
+    }
+
+    /// The default schema, mapping and options on `pg`, every connection
+    /// opened with `url` (its URL with TLS parameters, say).
+    pub async fn on_server(pg: TestPostgres, url: &str) -> Harness {
+        let memcached = tokio::task::spawn_blocking(TestMemcached::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let store_config = |kit: &TestMemcached| MemcachedConfig::new([kit.addr().to_owned()]);
+        let options = ReaderOptions {
+            publication: Some("cm_pub".into()),
+            ..ReaderOptions::default()
+        };
+        Harness::on(pg, memcached, url, SCHEMA, MAPPING, store_config, options).await
+    }
+
+    async fn on(
+        pg: TestPostgres,
+        memcached: TestMemcached,
+        url: &str,
+        schema: &str,
+        mapping: &str,
+        store_config: impl FnOnce(&TestMemcached) -> MemcachedConfig,
+        options: ReaderOptions,
+    ) -> Harness {
         let slot = pg.unique_name("reader");
         pg.psql(schema).unwrap();
         pg.psql(&format!(
@@ -115,7 +144,7 @@ impl Harness {
              SELECT 1 FROM pg_create_logical_replication_slot('{slot}', 'pgoutput');"
         ))
         .unwrap();
-        let admin = connect(&pg.url()).await;
+        let admin = connect(url).await;
         admin.batch_execute(PINNED).await.unwrap();
         let config = SchemaConfig::from_toml_str(mapping).unwrap();
         let model = Arc::new(SchemaModel::build(discover(&admin).await.unwrap(), &config).unwrap());
@@ -127,7 +156,7 @@ impl Harness {
         let cache = Arc::new(
             QueryCache::new(space.clone(), store.clone(), model.clone(), options).unwrap(),
         );
-        let client = CachingClient::new(connect(&pg.url()).await, cache.clone());
+        let client = CachingClient::new(connect(url).await, cache.clone());
         let harness = Harness {
             pg,
             memcached: Some(memcached),
