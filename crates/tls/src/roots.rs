@@ -24,9 +24,10 @@ fn from_file(path: &Path) -> Result<RootCertStore, TlsConfigError> {
         path: path.to_owned(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| bad(e.to_string()))?;
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM file: {e}")))?;
     if certs.is_empty() {
         return Err(bad(
             "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
@@ -67,7 +68,10 @@ mod tests {
     fn a_missing_or_empty_file_is_named() {
         let missing = RootCert::File("/nonexistent/ca.pem".into());
         let error = load(&missing).unwrap_err().to_string();
-        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+        assert_eq!(
+            error,
+            "sslrootcert /nonexistent/ca.pem: cannot read it: No such file or directory (os error 2)"
+        );
 
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(b"not a certificate\n").unwrap();
