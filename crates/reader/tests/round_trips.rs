@@ -76,10 +76,6 @@ impl CacheStore for Counting {
         self.count();
         self.inner.delete_many(keys).await
     }
-    async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError> {
-        self.count();
-        self.inner.read_generations(keys).await
-    }
     async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
         self.count();
         self.inner.create_generation_if_missing(key).await

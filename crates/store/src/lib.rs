@@ -56,6 +56,6 @@ pub use memcached::{
     DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT, ITEM_OVERHEAD,
 };
 pub use memory::{MemoryStore, MemoryStoreConfig};
-pub use read::{get_one, read_heartbeat};
+pub use read::{get_one, read_generation, read_heartbeat};
 pub use store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use ttl::MAX_TTL;

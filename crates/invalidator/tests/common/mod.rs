@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
-use cm_store::{read_heartbeat, CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
+use cm_store::{
+    read_generation, read_heartbeat, CacheStore, Generation, LeaseOutcome, MemcachedConfig,
+    MemcachedStore,
+};
 use cm_testkit::{PgClusterBuilder, TestEnv, TestMemcached, TestPostgres};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cm-invalidator");
@@ -161,7 +164,10 @@ impl Harness {
     }
 
     pub async fn generation(&self, key: &Key) -> Option<u64> {
-        self.store.read_generations(&[key.as_str()]).await.unwrap()[0].map(|g| g.0)
+        read_generation(self.store.as_ref(), key.as_str())
+            .await
+            .unwrap()
+            .map(Generation::get)
     }
 
     pub async fn heartbeat(&self) -> Option<Heartbeat> {
