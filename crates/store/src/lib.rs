@@ -36,6 +36,13 @@
 //! * Let a vanished generation read as a match: generations start at a random
 //!   value below 2^63 (`generation.rs` says why not 64 bits).
 //! * Hang: every call is bounded by the configured timeout.
+//!
+//! # Features
+//!
+//! * `testing` (off by default): the module `cm_store::testing`, with
+//!   `InstrumentedStore`, a store wrapper for tests that forwards every call,
+//!   counts calls per method and runs a hook before a chosen call. Enable it
+//!   in `[dev-dependencies]` only.
 
 mod error;
 mod flush_list;
@@ -45,6 +52,8 @@ mod memcached;
 mod memory;
 mod read;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod ttl;
 
 pub use error::{KeyProblem, StoreError};
