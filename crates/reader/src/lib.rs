@@ -71,6 +71,7 @@
 //!   read and a counter.
 //! * Let a missing generation or epoch read as a match.
 
+mod builder;
 mod cache;
 mod client;
 mod closure;
@@ -94,6 +95,7 @@ mod settings;
 mod source;
 mod sql;
 
+pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
 pub use client::CachingClient;
 pub use error::{ColumnError, ReaderError};
