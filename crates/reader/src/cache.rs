@@ -249,6 +249,12 @@ impl QueryCache {
         self.metrics.snapshot()
     }
 
+    /// The store results and metadata live in (for inspection, such as
+    /// reading the invalidator's heartbeat with `cm_store::read_heartbeat`).
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.store
+    }
+
     /// The key space.
     pub fn key_space(&self) -> &KeySpace {
         &self.space

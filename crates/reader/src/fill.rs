@@ -216,7 +216,7 @@ impl QueryCache {
         if let Some(hook) = &self.options.before_store {
             hook().await;
         }
-        self.store(
+        self.store_result(
             plan,
             miss.source.as_ref(),
             lease,
@@ -383,7 +383,7 @@ impl QueryCache {
         }
     }
 
-    async fn store<P: Serialize>(
+    async fn store_result<P: Serialize>(
         &self,
         plan: &CachePlan<'_>,
         source: Option<&Source>,
