@@ -64,3 +64,23 @@ cm_ensure_psycopg() {
     rm -f "$log"
     python3 -c 'import psycopg' >/dev/null 2>&1 || cm_die "psycopg installed, but python3 cannot import it"
 }
+
+# Installs curl when it is missing (scripts/demo talks to the example
+# service with it). Needs root and apt-get then.
+cm_ensure_curl() {
+    if command -v curl >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        cm_die "curl is missing; install it (apt-get install -y curl)"
+    fi
+    cm_section "installing curl"
+    local log
+    log=$(mktemp -t cm-apt.XXXXXX)
+    cm_quietly "$log" env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+        cm_die "apt-get update failed"
+    cm_quietly "$log" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends curl ca-certificates ||
+        cm_die "apt-get install curl failed"
+    rm -f "$log"
+}

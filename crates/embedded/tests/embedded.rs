@@ -11,7 +11,8 @@ use cm_testkit::TestPostgres;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_psql_write_refreshes_an_embedded_cached_list() {
     let pg = TestPostgres::start().unwrap();
-    pg.psql(include_str!("../examples/addons.sql")).unwrap();
+    pg.psql(include_str!("../../cachemachine/examples/addons.sql"))
+        .unwrap();
     let mut options = EmbeddedOptions::new(pg.url());
     options.slot = pg.unique_name("cm_embedded");
     let cache = EmbeddedCache::start(options).await.unwrap();

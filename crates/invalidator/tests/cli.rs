@@ -115,20 +115,6 @@ async fn status_reports_lag_and_heartbeat() {
     assert!(status["streaming_pid"].is_i64(), "{status}");
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, response))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_healthz_are_served() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -173,11 +159,6 @@ async fn metrics_and_healthz_are_served() {
     ] {
         assert!(body.contains(metric), "{metric} missing:\n{body}");
     }
-    let transactions: f64 = body
-        .lines()
-        .find(|l| l.starts_with("cm_invalidator_transactions_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let transactions = metric(&body, "cm_invalidator_transactions_total").unwrap();
     assert!(transactions >= 1.0, "{body}");
 }

@@ -20,23 +20,6 @@ fn free_port_addr() -> String {
     format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
 }
 
-/// `GET path` on `addr`: the status code and the body.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1)?.to_owned();
-    Some((status, body))
-}
-
 /// Polls `GET path` until `want` accepts the answer; panics after 30 s.
 async fn wait_http(addr: &str, path: &str, want: impl Fn(u16, &str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -54,14 +37,6 @@ async fn wait_http(addr: &str, path: &str, want: impl Fn(u16, &str) -> bool) -> 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The value of a metric line `name value` in a Prometheus text body.
-fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find(|line| line.starts_with(&format!("{name} ")))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,19 +143,22 @@ impl QueryCache {
         self
     }
 
-    /// The learned statement for `sql` in `namespace`, learning it (under
-    /// the current schema version and a model at least that current) when
-    /// it is not known.
-    pub(crate) async fn statement(
+    /// The learned statement for `sql` in `namespace`, if it is known and
+    /// current: no database connection needed.
+    pub(crate) fn learned(&self, namespace: &str, sql: &str) -> Option<Arc<LearnedStatement>> {
+        let key = StatementCache::key(namespace, sql);
+        self.statements.get(&key).filter(|info| !info.expired())
+    }
+
+    /// Learns `sql` in `namespace` on `client`, under the current schema
+    /// version and a model at least that current.
+    pub(crate) async fn learn(
         &self,
         client: &Client,
         namespace: &str,
         sql: &str,
     ) -> Result<Arc<LearnedStatement>, ReaderError> {
         let key = StatementCache::key(namespace, sql);
-        if let Some(info) = self.statements.get(&key).filter(|info| !info.expired()) {
-            return Ok(info);
-        }
         // Read before learning: DDL committed after this read bumps the
         // version again, and the hit path then drops what was learned.
         let version = self.read_schema_version().await;
@@ -246,6 +249,12 @@ impl QueryCache {
         self.metrics.snapshot()
     }
 
+    /// The store results and metadata live in (for inspection, such as
+    /// reading the invalidator's heartbeat with `cm_store::read_heartbeat`).
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.store
+    }
+
     /// The key space.
     pub fn key_space(&self) -> &KeySpace {
         &self.space
@@ -288,6 +297,7 @@ impl QueryCache {
             })
         })
         .await
+        .map(|(payload, _)| payload)
     }
 
     /// Memoises `compute` under `key` for `ttl`, invalidated whenever
@@ -341,6 +351,7 @@ impl QueryCache {
             })
         })
         .await
+        .map(|(payload, _)| payload)
     }
 
     /// The cache plan for one execution of a statement, or `None` when it

@@ -42,6 +42,11 @@ pub enum ReaderError {
     /// The reader's configuration is inconsistent.
     #[error("bad reader configuration: {0}")]
     Config(String),
+    /// The [`crate::ConnectionSource`] could not lend a connection (a pool
+    /// that timed out or was closed); a refusal by the database itself is
+    /// [`ReaderError::Database`].
+    #[error("getting a database connection: {0}")]
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<tokio_postgres::Error> for ReaderError {

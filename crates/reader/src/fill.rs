@@ -56,6 +56,38 @@ pub(crate) struct Fetched<P> {
     pub(crate) cacheable: bool,
 }
 
+/// How one cached read was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// From the cache; no database connection was used.
+    Hit,
+    /// No valid result was cached: read from the database to fill it (the
+    /// fill may still not store, e.g. when an invalidation won the race).
+    Miss,
+    /// Read from the database without the cache: `no_cache`, a statement
+    /// that cannot be cached, a stale or missing invalidator heartbeat,
+    /// another caller filling the same result, or the cache failing.
+    Bypass,
+}
+
+impl Outcome {
+    /// `"hit"`, `"miss"` or `"bypass"`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What the first multi-get found.
 enum Lookup<P> {
     Hit(P),
@@ -76,12 +108,13 @@ enum Lookup<P> {
 
 impl QueryCache {
     /// Serves `plan` from the cache or computes it with `fetch`, filling the
-    /// cache when that is safe. Errors are `fetch`'s only.
+    /// cache when that is safe, and says which it did. Errors are `fetch`'s
+    /// only.
     pub(crate) async fn get_or_fill<P, E, F, Fut>(
         &self,
         plan: &CachePlan<'_>,
         fetch: F,
-    ) -> Result<P, E>
+    ) -> Result<(P, Outcome), E>
     where
         P: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -90,16 +123,16 @@ impl QueryCache {
         let (epoch, generations) = match self.lookup::<P>(plan).await {
             Lookup::Hit(payload) => {
                 self.metrics.hits();
-                return Ok(payload);
+                return Ok((payload, Outcome::Hit));
             }
             Lookup::Bypass => {
                 self.metrics.bypasses();
-                return fetch().await.map(|f| f.payload);
+                return read_through(fetch).await;
             }
             Lookup::Relearn => {
                 self.schema_changed();
                 self.metrics.bypasses();
-                return fetch().await.map(|f| f.payload);
+                return read_through(fetch).await;
             }
             Lookup::Miss {
                 epoch,
@@ -118,6 +151,22 @@ impl QueryCache {
             }
         };
         self.metrics.misses();
+        self.fill(plan, epoch, generations, fetch).await
+    }
+
+    /// The miss: snapshot, lease, register, `fetch`, register, store.
+    async fn fill<P, E, F, Fut>(
+        &self,
+        plan: &CachePlan<'_>,
+        epoch: Option<u64>,
+        generations: Vec<Option<u64>>,
+        fetch: F,
+    ) -> Result<(P, Outcome), E>
+    where
+        P: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<P>, E>>,
+    {
         let miss = (plan.miss)();
         let snapshot = match self.snapshot(plan, epoch, generations).await {
             Ok(snapshot) => snapshot,
@@ -127,11 +176,11 @@ impl QueryCache {
             Ok(LeaseResult::Won(lease)) => lease,
             Ok(LeaseResult::Hit(payload)) => {
                 self.metrics.hits();
-                return Ok(payload);
+                return Ok((payload, Outcome::Hit));
             }
             Ok(LeaseResult::ReadThrough) => {
                 self.metrics.bypasses();
-                return fetch().await.map(|f| f.payload);
+                return read_through(fetch).await;
             }
             Err(error) => return self.degrade(error, fetch).await,
         };
@@ -152,7 +201,7 @@ impl QueryCache {
         };
         if !fetched.cacheable {
             self.release(key, lease).await;
-            return Ok(fetched.payload);
+            return Ok((fetched.payload, Outcome::Miss));
         }
         let (registered, _) = tokio::join!(
             self.append(&fetched.post_query, key),
@@ -162,12 +211,12 @@ impl QueryCache {
             self.metrics.cache_errors();
             tracing::warn!(%error, "registering a result's rows failed; not caching it");
             self.release(key, lease).await;
-            return Ok(fetched.payload);
+            return Ok((fetched.payload, Outcome::Miss));
         }
         if let Some(hook) = &self.options.before_store {
             hook().await;
         }
-        self.store(
+        self.store_result(
             plan,
             miss.source.as_ref(),
             lease,
@@ -175,7 +224,7 @@ impl QueryCache {
             &fetched.payload,
         )
         .await;
-        Ok(fetched.payload)
+        Ok((fetched.payload, Outcome::Miss))
     }
 
     /// The one multi-get of a hit: result, epoch, heartbeat, the schema
@@ -334,7 +383,7 @@ impl QueryCache {
         }
     }
 
-    async fn store<P: Serialize>(
+    async fn store_result<P: Serialize>(
         &self,
         plan: &CachePlan<'_>,
         source: Option<&Source>,
@@ -379,15 +428,24 @@ impl QueryCache {
     }
 
     /// A cache failure on the way: count it and read through.
-    async fn degrade<P, E, F, Fut>(&self, error: StoreError, fetch: F) -> Result<P, E>
+    async fn degrade<P, E, F, Fut>(&self, error: StoreError, fetch: F) -> Result<(P, Outcome), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fetched<P>, E>>,
     {
         self.metrics.cache_errors();
         tracing::warn!(%error, "cache unavailable; reading from the database");
-        fetch().await.map(|f| f.payload)
+        read_through(fetch).await
     }
+}
+
+/// The value from `fetch`, not stored.
+async fn read_through<P, E, F, Fut>(fetch: F) -> Result<(P, Outcome), E>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Fetched<P>, E>>,
+{
+    fetch().await.map(|f| (f.payload, Outcome::Bypass))
 }
 
 enum LeaseResult<P> {

@@ -2,10 +2,14 @@
 //! memcached (or any [`cm_store::CacheStore`]), kept correct by the
 //! invalidator that follows PostgreSQL's logical replication stream.
 //!
-//! Services wrap their client in a [`CachingClient`] and read as usual
-//! (`query`, `query_one`, `query_opt`, `count`, `query_as`); rows come back
-//! as [`CachedRow`]s, read with `get::<T: FromSql>()` exactly like
-//! tokio-postgres rows. Nothing is declared: what a result depends on is
+//! Services wrap their connection pool in a [`CachingPool`] (or one client
+//! in a [`CachingClient`]) and read as usual (`query`, `query_one`,
+//! `query_opt`, `count`, `query_as`); rows come back as [`CachedRow`]s, read
+//! with `get::<T: FromSql>()` exactly like tokio-postgres rows. A read looks
+//! the cache up before it takes a connection from the pool (any
+//! [`ConnectionSource`]; `deadpool_postgres::Pool` with the `deadpool`
+//! feature), so a hit never waits for one, and a miss prepares through the
+//! pooled connection's statement cache. Nothing is declared: what a result depends on is
 //! discovered from the catalog (`closure.rs`: the names the text mentions,
 //! resolved under the session's `search_path`, through views, every `UNION`
 //! branch, inheritance children, partitions and SQL function bodies,
@@ -24,6 +28,9 @@
 //! * Miss: snapshot the generations, take the fill lease, join the flush
 //!   lists known before the query, run it, join the rows' flush lists, store
 //!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
+//! * One read path for both entry points (`read.rs`): learned statement,
+//!   cache plan, lookup, and a connection only for learning, a miss or a
+//!   read-through.
 //! * Helpers: [`QueryCache::cached`] and [`QueryCache::cached_with`].
 //! * Checking: [`inspect::inspect`] re-runs the cached statements (listed
 //!   in the inspection registry) after a fence and reports stale results.
@@ -64,9 +71,12 @@
 //!   read and a counter.
 //! * Let a missing generation or epoch read as a match.
 
+mod builder;
 mod cache;
 mod client;
 mod closure;
+#[cfg(feature = "deadpool")]
+mod deadpool;
 mod dependencies;
 mod entry;
 mod error;
@@ -76,14 +86,23 @@ mod learned;
 mod metrics;
 mod options;
 mod packed;
+mod pool;
+mod query;
+mod read;
 mod registry;
 mod row;
 mod settings;
+mod source;
 mod sql;
 
+pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
-pub use client::{CachedQuery, CachingClient};
+pub use client::CachingClient;
 pub use error::{ColumnError, ReaderError};
+pub use fill::Outcome;
 pub use metrics::MetricsSnapshot;
 pub use options::{BeforeStoreHook, QueryOptions, ReaderOptions, DEFAULT_PUBLICATION};
+pub use pool::CachingPool;
+pub use query::CachedQuery;
 pub use row::{CachedColumn, CachedRow, ColumnIndex, RawValue};
+pub use source::{ConnectionSource, SourceConnection};

@@ -36,6 +36,13 @@
 //! * Let a vanished generation read as a match: generations start at a random
 //!   value below 2^63 (`generation.rs` says why not 64 bits).
 //! * Hang: every call is bounded by the configured timeout.
+//!
+//! # Features
+//!
+//! * `testing` (off by default): the module `cm_store::testing`, with
+//!   `InstrumentedStore`, a store wrapper for tests that forwards every call,
+//!   counts calls per method and runs a hook before a chosen call. Enable it
+//!   in `[dev-dependencies]` only.
 
 mod error;
 mod flush_list;
@@ -45,6 +52,8 @@ mod memcached;
 mod memory;
 mod read;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod ttl;
 
 pub use error::{KeyProblem, StoreError};
@@ -56,6 +65,6 @@ pub use memcached::{
     DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT, ITEM_OVERHEAD,
 };
 pub use memory::{MemoryStore, MemoryStoreConfig};
-pub use read::{get_one, read_heartbeat};
+pub use read::{get_one, read_generation, read_heartbeat};
 pub use store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use ttl::MAX_TTL;

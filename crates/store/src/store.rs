@@ -197,9 +197,6 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
     /// must not acknowledge the change).
     async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError>;
 
-    /// Reads generations in one multi-get; `None` for a missing one.
-    async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError>;
-
     /// Returns the generation at `key`, creating it with a random value
     /// (`add`, so concurrent creators agree on one) if it is missing.
     /// Generations never expire on their own, but may be evicted.

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use cm_store::{CacheStore, LeaseOutcome, MemoryStore, MemoryStoreConfig, StoreError};
+use cm_store::{
+    read_generation, CacheStore, LeaseOutcome, MemoryStore, MemoryStoreConfig, StoreError,
+};
 
 store_suite!(common::memory_harness);
 
@@ -74,8 +76,8 @@ async fn metadata_is_never_evicted_and_a_full_store_refuses_writes() {
         LeaseOutcome::Wait
     );
     assert_eq!(
-        store.read_generations(&["cm:g:t"]).await.unwrap(),
-        [Some(generation)]
+        read_generation(&store, "cm:g:t").await.unwrap(),
+        Some(generation)
     );
     assert_eq!(
         store.read_flush_list("cm:f:row").await.unwrap().members,

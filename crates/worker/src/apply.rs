@@ -87,12 +87,12 @@ pub async fn apply_once(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use cm_keys::{Invalidation, KeySpace, TableName};
-    use cm_store::{FlushListSnapshot, Generation, Item, Lease, LeaseOutcome, MemoryStore};
+    use cm_store::testing::{InstrumentedStore, Method};
+    use cm_store::{LeaseOutcome, MemoryStore};
 
     use super::*;
 
@@ -101,96 +101,21 @@ mod tests {
 
     /// A memory store where, just before the invalidator's first clear, a
     /// reader refills `Q` (its first registration was deleted a moment ago):
-    /// it wins a new lease, re-registers in the list and stores.
-    #[derive(Debug)]
-    struct RefillBeforeClear {
-        inner: MemoryStore,
-        list: String,
-        done: AtomicBool,
-    }
-
-    #[async_trait]
-    impl CacheStore for RefillBeforeClear {
-        async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, StoreError> {
-            self.inner.get_many(keys).await
-        }
-        async fn get_with_lease(
-            &self,
-            key: &str,
-            ttl: Duration,
-        ) -> Result<LeaseOutcome, StoreError> {
-            self.inner.get_with_lease(key, ttl).await
-        }
-        async fn set_if_lease_valid(
-            &self,
-            key: &str,
-            value: &[u8],
-            ttl: Duration,
-            lease: Lease,
-        ) -> Result<bool, StoreError> {
-            self.inner.set_if_lease_valid(key, value, ttl, lease).await
-        }
-        async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError> {
-            self.inner.release_lease(key, lease).await
-        }
-        async fn append_to_flush_lists(
-            &self,
-            list_keys: &[&str],
-            member: &str,
-            ttl: Duration,
-        ) -> Result<(), StoreError> {
-            self.inner
-                .append_to_flush_lists(list_keys, member, ttl)
-                .await
-        }
-        async fn read_flush_lists(
-            &self,
-            list_keys: &[&str],
-        ) -> Result<Vec<FlushListSnapshot>, StoreError> {
-            self.inner.read_flush_lists(list_keys).await
-        }
-        async fn clear_flush_lists_if_unchanged(
-            &self,
-            lists: &[(&str, u64)],
-        ) -> Result<Vec<bool>, StoreError> {
-            if !self.done.swap(true, Ordering::SeqCst) {
-                let LeaseOutcome::Won(lease) = self.inner.get_with_lease(Q, TTL).await? else {
-                    panic!("the first delete should have left Q free to lease");
-                };
-                self.inner
-                    .append_to_flush_lists(&[self.list.as_str()], Q, TTL)
-                    .await?;
-                assert!(
-                    self.inner
-                        .set_if_lease_valid(Q, b"fresh", TTL, lease)
-                        .await?
-                );
-            }
-            self.inner.clear_flush_lists_if_unchanged(lists).await
-        }
-        async fn delete_many(&self, keys: &[&str]) -> Result<(), StoreError> {
-            self.inner.delete_many(keys).await
-        }
-        async fn read_generations(
-            &self,
-            keys: &[&str],
-        ) -> Result<Vec<Option<Generation>>, StoreError> {
-            self.inner.read_generations(keys).await
-        }
-        async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
-            self.inner.create_generation_if_missing(key).await
-        }
-        async fn bump_generation(&self, key: &str) -> Result<Generation, StoreError> {
-            self.inner.bump_generation(key).await
-        }
-        async fn write_heartbeat(
-            &self,
-            key: &str,
-            value: &[u8],
-            ttl: Duration,
-        ) -> Result<(), StoreError> {
-            self.inner.write_heartbeat(key, value, ttl).await
-        }
+    /// it wins a new lease, re-registers in `list` and stores.
+    fn refill_before_clear(list: &str) -> InstrumentedStore {
+        let store = InstrumentedStore::new(Arc::new(MemoryStore::default()));
+        let list = list.to_owned();
+        store.before_next(Method::ClearFlushListsIfUnchanged, |inner| async move {
+            let LeaseOutcome::Won(lease) = inner.get_with_lease(Q, TTL).await? else {
+                panic!("the first delete should have left Q free to lease");
+            };
+            inner
+                .append_to_flush_lists(&[list.as_str()], Q, TTL)
+                .await?;
+            assert!(inner.set_if_lease_valid(Q, b"fresh", TTL, lease).await?);
+            Ok(())
+        });
+        store
     }
 
     /// A result re-registered between a round's delete and its clear must
@@ -203,22 +128,18 @@ mod tests {
         let space = KeySpace::new("t").unwrap();
         let table = TableName::new("public", "items");
         let list = space.table_changes(&table);
-        let store = RefillBeforeClear {
-            inner: MemoryStore::default(),
-            list: list.as_str().to_owned(),
-            done: AtomicBool::new(false),
-        };
+        let store = refill_before_clear(list.as_str());
         // An earlier fill of Q, registered in the list.
-        let LeaseOutcome::Won(lease) = store.inner.get_with_lease(Q, TTL).await.unwrap() else {
+        let LeaseOutcome::Won(lease) = store.inner().get_with_lease(Q, TTL).await.unwrap() else {
             panic!("lease");
         };
         store
-            .inner
+            .inner()
             .append_to_flush_lists(&[list.as_str()], Q, TTL)
             .await
             .unwrap();
         assert!(store
-            .inner
+            .inner()
             .set_if_lease_valid(Q, b"old", TTL, lease)
             .await
             .unwrap());
@@ -234,9 +155,9 @@ mod tests {
         });
         apply_once(&store, &txn).await.unwrap();
 
-        let q_alive = store.inner.get_many(&[Q]).await.unwrap()[0].is_some();
+        let q_alive = store.inner().get_many(&[Q]).await.unwrap()[0].is_some();
         let registered = store
-            .inner
+            .inner()
             .read_flush_list(list.as_str())
             .await
             .unwrap()

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig, WorkerState};
-use cm_pgoutput::{LogicalMessage, Lsn, Message, PgTimestamp};
+use cm_pgoutput::{LogicalMessage, Lsn, Message, PgTimestamp, Xid};
 use cm_replication::preflight::{check_prerequisites, slot_info, SlotInfo};
 use cm_replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
@@ -56,6 +56,13 @@ const MAX_GROUP: usize = 64;
 /// How long a stopping session may take to end by itself (finish sending
 /// CopyDone) before it is dropped.
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The transaction being decoded.
+struct OpenTxn {
+    invalidations: TxnInvalidations,
+    commit_ts: PgTimestamp,
+    xid: Xid,
+}
 
 /// Everything a running worker holds.
 pub struct Worker {
@@ -277,10 +284,10 @@ impl Worker {
         let heartbeat_prefix = heartbeat_message_prefix(self.space.prefix());
         let mut catalog = CatalogReader::new(&self.options.postgres_url, self.mapping.clone());
         if mapper.needs_catalog() {
-            self.refresh_catalog(mapper, &mut catalog, "worker start")
+            self.refresh_catalog(mapper, &mut catalog, None, "worker start")
                 .await?;
         }
-        let mut txn: Option<(TxnInvalidations, PgTimestamp)> = None;
+        let mut txn: Option<OpenTxn> = None;
         let mut group = CommitGroup::default();
         let mut pipeline = Pipeline::default();
         loop {
@@ -301,27 +308,31 @@ impl Worker {
                     };
                     match event.message {
                         LogicalMessage::Begin(begin) => {
-                            txn = Some((TxnInvalidations::new(self.options.key_budget), begin.commit_ts));
+                            txn = Some(OpenTxn {
+                                invalidations: TxnInvalidations::new(self.options.key_budget),
+                                commit_ts: begin.commit_ts,
+                                xid: begin.xid,
+                            });
                         }
                         LogicalMessage::Relation(relation) => {
-                            mapper.relation(relation, txn.as_mut().map(|(t, _)| t));
+                            mapper.relation(relation, txn.as_mut().map(|t| &mut t.invalidations));
                         }
                         LogicalMessage::Commit(commit) => {
-                            if let Some((invalidations, commit_ts)) = txn.take() {
+                            if let Some(OpenTxn { invalidations, commit_ts, xid }) = txn.take() {
                                 let changes_schema = invalidations.changes_schema();
                                 group.push(invalidations, commit.end_lsn, commit_ts);
                                 if changes_schema {
                                     // Before any later change is mapped: they
                                     // must land on the new layout. Nothing of
                                     // this commit is acknowledged yet.
-                                    self.refresh_catalog(mapper, &mut catalog, "DDL committed").await?;
+                                    self.refresh_catalog(mapper, &mut catalog, Some(xid), "DDL committed").await?;
                                 }
                             }
                         }
                         LogicalMessage::Message(message)
                             if message.transactional() && message.prefix == DDL_MESSAGE_PREFIX =>
                         {
-                            if let Some((invalidations, _)) = txn.as_mut() {
+                            if let Some(OpenTxn { invalidations, .. }) = txn.as_mut() {
                                 self.ddl(mapper, &message, invalidations);
                             }
                         }
@@ -348,9 +359,9 @@ impl Worker {
                         | LogicalMessage::Delete(_)
                         | LogicalMessage::Truncate(_)) => {
                             if mapper.wants_catalog_for(&message) {
-                                self.refresh_catalog(mapper, &mut catalog, "change of a relation the model does not know").await?;
+                                self.refresh_catalog(mapper, &mut catalog, None, "change of a relation the model does not know").await?;
                             }
-                            if let Some((invalidations, _)) = txn.as_mut() {
+                            if let Some(OpenTxn { invalidations, .. }) = txn.as_mut() {
                                 mapper.change(&message, invalidations)?;
                             }
                         }
@@ -370,17 +381,19 @@ impl Worker {
         }
     }
 
-    /// Re-reads the catalog into `mapper`. On failure the mapper is left
-    /// stale, so the next session reads it before mapping anything (the
-    /// commit that asked for it is not acknowledged: it is replayed).
+    /// Re-reads the catalog into `mapper`, in a snapshot that sees
+    /// `committed` when given. On failure the mapper is left stale, so the
+    /// next session reads it before mapping anything (the commit that asked
+    /// for it is not acknowledged: it is replayed).
     async fn refresh_catalog(
         &self,
         mapper: &mut ChangeMapper,
         reader: &mut CatalogReader,
+        committed: Option<Xid>,
         why: &str,
     ) -> Result<(), WorkerError> {
         mapper.mark_catalog_stale();
-        let catalog = reader.read().await?;
+        let catalog = reader.read(committed).await?;
         tracing::info!(
             why,
             tables = catalog.model.tables().count(),

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{CanonicalValue, Heartbeat, Key, KeySpace, TableName};
-use cm_store::{read_heartbeat, CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
+use cm_store::{
+    read_generation, read_heartbeat, CacheStore, Generation, LeaseOutcome, MemcachedConfig,
+    MemcachedStore,
+};
 use cm_testkit::{PgClusterBuilder, TestEnv, TestMemcached, TestPostgres};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cm-invalidator");
@@ -161,7 +164,10 @@ impl Harness {
     }
 
     pub async fn generation(&self, key: &Key) -> Option<u64> {
-        self.store.read_generations(&[key.as_str()]).await.unwrap()[0].map(|g| g.0)
+        read_generation(self.store.as_ref(), key.as_str())
+            .await
+            .unwrap()
+            .map(Generation::get)
     }
 
     pub async fn heartbeat(&self) -> Option<Heartbeat> {
@@ -307,3 +313,28 @@ INSERT INTO book VALUES (10, 1, 'draft', 't10'), (11, 1, 'draft', 't11'), (99, 2
 ";
 
 pub const MAPPING: &str = "[schema.tables.\"public.book\"]\npredicates = [[\"status\"]]\n";
+
+/// `GET path` on `addr`: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1)?.to_owned();
+    Some((status, body))
+}
+
+/// The value of a metric line `name value` in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|line| line.starts_with(&format!("{name} ")))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}

@@ -9,20 +9,6 @@ use crate::generation::Generation;
 use crate::key::validate_key;
 
 impl Pool {
-    pub(super) async fn read_generations_now(
-        &self,
-        keys: &[&str],
-    ) -> Result<Vec<Option<Generation>>, StoreError> {
-        let items = self.get_many_now(keys).await?;
-        keys.iter()
-            .zip(items)
-            .map(|(key, item)| {
-                item.map(|item| Generation::decode(key, &item.value))
-                    .transpose()
-            })
-            .collect()
-    }
-
     /// `ms <key> <len> ME` with a random number; on `NS` another process
     /// created it first, so read theirs. A generation deleted between the two
     /// steps is created again.

@@ -252,13 +252,6 @@ impl CacheStore for MemcachedStore {
         Ok(())
     }
 
-    async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError> {
-        let call = self.split(keys, |pool, keys| async move {
-            pool.read_generations_now(&keys).await
-        });
-        self.bounded("read_generations", call).await
-    }
-
     async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
         let call = async {
             self.pool_for(key)

@@ -264,17 +264,6 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn read_generations(&self, keys: &[&str]) -> Result<Vec<Option<Generation>>, StoreError> {
-        let items = self.get_many(keys).await?;
-        keys.iter()
-            .zip(items)
-            .map(|(key, item)| {
-                item.map(|item| Generation::decode(key, &item.value))
-                    .transpose()
-            })
-            .collect()
-    }
-
     async fn create_generation_if_missing(&self, key: &str) -> Result<Generation, StoreError> {
         validate_key(key)?;
         let fresh = Generation::random()?;

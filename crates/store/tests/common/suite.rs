@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_store::{CacheStore, FlushListSnapshot, Generation, LeaseOutcome, StoreError};
+use cm_store::{
+    read_generation, CacheStore, FlushListSnapshot, Generation, LeaseOutcome, StoreError,
+};
 
 use super::Harness;
 
@@ -593,6 +595,11 @@ pub async fn append_resets_the_flush_list_ttl(h: &Harness) {
     );
 }
 
+/// The generation under `key`, read through the store's one-key helper.
+async fn generation(h: &Harness, key: &str) -> Option<Generation> {
+    read_generation(h.store.as_ref(), key).await.unwrap()
+}
+
 pub async fn generation_create_is_random_and_stable(h: &Harness) {
     let a = h.key("g:a");
     let b = h.key("g:b");
@@ -602,10 +609,9 @@ pub async fn generation_create_is_random_and_stable(h: &Harness) {
     assert!(ga.get() > 1 || gb.get() > 1);
     assert_eq!(h.store.create_generation_if_missing(&a).await.unwrap(), ga);
     let missing = h.key("g:missing");
-    assert_eq!(
-        h.store.read_generations(&[&a, &missing, &b]).await.unwrap(),
-        [Some(ga), None, Some(gb)]
-    );
+    for (key, expected) in [(&a, Some(ga)), (&missing, None), (&b, Some(gb))] {
+        assert_eq!(generation(h, key).await, expected);
+    }
 }
 
 pub async fn concurrent_generation_creators_agree(h: &Harness) {
@@ -630,10 +636,7 @@ pub async fn bump_changes_the_generation(h: &Harness) {
     let before = h.store.create_generation_if_missing(&key).await.unwrap();
     let after = h.store.bump_generation(&key).await.unwrap();
     assert_eq!(after, Generation(before.get().wrapping_add(1)));
-    assert_eq!(
-        h.store.read_generations(&[&key]).await.unwrap(),
-        [Some(after)]
-    );
+    assert_eq!(generation(h, &key).await, Some(after));
     // Concurrent bumps are all counted.
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -647,8 +650,8 @@ pub async fn bump_changes_the_generation(h: &Harness) {
         task.await.unwrap();
     }
     assert_eq!(
-        h.store.read_generations(&[&key]).await.unwrap(),
-        [Some(Generation(after.get().wrapping_add(10)))]
+        generation(h, &key).await,
+        Some(Generation(after.get().wrapping_add(10)))
     );
 }
 
@@ -656,7 +659,7 @@ pub async fn vanished_generation_never_matches_its_old_snapshot(h: &Harness) {
     let key = h.key("g:vanishing");
     let snapshot = h.store.create_generation_if_missing(&key).await.unwrap();
     h.store.delete_many(&[&key]).await.unwrap();
-    assert_eq!(h.store.read_generations(&[&key]).await.unwrap(), [None]);
+    assert_eq!(generation(h, &key).await, None);
     let recreated = h.store.create_generation_if_missing(&key).await.unwrap();
     assert_ne!(recreated, snapshot);
     // Bumping a vanished generation also lands on a fresh random value.
@@ -664,10 +667,7 @@ pub async fn vanished_generation_never_matches_its_old_snapshot(h: &Harness) {
     let bumped = h.store.bump_generation(&key).await.unwrap();
     assert_ne!(bumped, recreated);
     assert_ne!(bumped, Generation(recreated.get().wrapping_add(1)));
-    assert_eq!(
-        h.store.read_generations(&[&key]).await.unwrap(),
-        [Some(bumped)]
-    );
+    assert_eq!(generation(h, &key).await, Some(bumped));
 }
 
 pub async fn delete_many_with_missing_keys_succeeds(h: &Harness) {
@@ -721,7 +721,7 @@ pub async fn invalid_keys_are_rejected(h: &Harness) {
                 .await,
         );
         assert_invalid_key(s.delete_many(&[&good, bad]).await);
-        assert_invalid_key(s.read_generations(&[bad]).await);
+        assert_invalid_key(read_generation(s, bad).await);
         assert_invalid_key(s.create_generation_if_missing(bad).await);
         assert_invalid_key(s.bump_generation(bad).await);
         assert_invalid_key(s.write_heartbeat(bad, b"v", TTL).await);

@@ -1,5 +1,7 @@
 //! The invalidator phases: throughput against pg_recvlogical, peak RSS
 //! through one big UPDATE, commit-to-invalidated lag under a paced writer.
+//! [`run`] also sets up what every phase shares ([`Bench`]) and, last, runs
+//! the sibling reader phase (`crate::reader`) while the worker is still up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,33 +21,34 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, NoTls};
 
 use crate::util::{
-    env_required, env_u64, free_port, have, memcached_stat, pg_program, scrape, signal, Results,
+    env_required, env_u64, free_port, memcached_stat, pg_program, scrape, signal, start_profile,
+    Profile, Results,
 };
 
-#[cfg(feature = "reader")]
-mod reader;
-
 /// Authors (and 20 books each) of the reader phase's 20-row query.
-const AUTHORS: i32 = 1000;
-const BOOKS_PER_AUTHOR: i32 = 20;
+pub(crate) const AUTHORS: i32 = 1000;
+/// Books per author: the rows of the reader phase's query.
+pub(crate) const BOOKS_PER_AUTHOR: i32 = 20;
 
 const HISTOGRAM: &str = "cm_invalidator_commit_to_invalidated_seconds";
 /// Rows at the end of the table that only the lag probes touch.
 const PROBE_ROWS: u64 = 1000;
 
-struct Bench {
-    db_url: String,
-    memcached: String,
+/// The servers, database, store and results shared by the phases (the
+/// reader phase borrows it too, see `crate::reader`).
+pub(crate) struct Bench {
+    pub(crate) db_url: String,
+    pub(crate) memcached: String,
     bin: PathBuf,
-    work: PathBuf,
+    pub(crate) work: PathBuf,
     config: PathBuf,
     metrics: String,
     slot: String,
-    publication: String,
-    space: KeySpace,
-    store: Arc<dyn CacheStore>,
-    db: Client,
-    results: Results,
+    pub(crate) publication: String,
+    pub(crate) space: KeySpace,
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) db: Client,
+    pub(crate) results: Results,
     rows: u64,
 }
 
@@ -183,10 +186,9 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
     worker.stop()?;
     let worker = bench.memory(memory_rows).await?;
     let worker = bench.lag(worker).await?;
-    #[cfg(feature = "reader")]
-    let reader_result = reader::run(&bench).await;
+    // The reader phase runs while the lag phase's worker is still up.
+    let reader_result = crate::reader::run(&bench).await;
     worker.stop()?;
-    #[cfg(feature = "reader")]
     reader_result?;
     let evictions = memcached_stat(&bench.memcached, "evictions").await? - evictions_before;
     bench.results.put("memcached.evictions", evictions)?;
@@ -761,56 +763,5 @@ impl Bench {
         }
         let elapsed = (tokio::time::Instant::now() - start).as_secs_f64();
         Ok((total as f64 / elapsed, probes))
-    }
-}
-
-/// `perf record` attached to a process, when perf is available and
-/// CM_BENCH_PROFILE is not 0.
-struct Profile {
-    child: Child,
-    data: PathBuf,
-}
-
-fn start_profile(pid: u32, work: &Path) -> Result<Option<Profile>> {
-    if env_u64("CM_BENCH_PROFILE", 1)? == 0 || !have("perf") {
-        return Ok(None);
-    }
-    let data = work.join(format!("perf-{pid}.data"));
-    let child = Command::new("perf")
-        .args(["record", "-F", "499", "-e", "cpu-clock", "-g", "-o"])
-        .arg(&data)
-        .args(["-p", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    Ok(child.ok().map(|child| Profile { child, data }))
-}
-
-impl Profile {
-    /// Stops recording and returns the top of `perf report`.
-    fn finish(mut self) -> Result<String> {
-        signal(self.child.id(), "INT");
-        self.child.wait()?;
-        let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "-g", "none"])
-            .args(["--percent-limit", "1.5", "--sort", "dso,symbol", "-i"])
-            .arg(&self.data)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .take(30)
-            .map(|l| {
-                let mut words: Vec<&str> = l.split_whitespace().collect();
-                while words.last() == Some(&"-") {
-                    words.pop();
-                }
-                words.join(" ")
-            })
-            .collect();
-        let _ = std::fs::remove_file(&self.data);
-        Ok(lines.join("\n"))
     }
 }

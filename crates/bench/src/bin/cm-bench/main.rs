@@ -2,7 +2,9 @@
 //!
 //! * `cm-bench invalidator --bin PATH --out FILE`: invalidator throughput
 //!   against `pg_recvlogical` on the same WAL, peak RSS through one big
-//!   UPDATE, and commit-to-invalidated lag under a paced writer.
+//!   UPDATE, and commit-to-invalidated lag under a paced writer; then,
+//!   while that worker is still up, the reader phase (hit path, miss
+//!   overhead, 95/5 mix).
 //! * `cm-bench report ...`: turns the result files and the criterion log into
 //!   the table on stdout and `BENCHMARKS.md`.
 //!
@@ -13,6 +15,7 @@
 //! leaves the earlier ones.
 
 mod invalidator;
+mod reader;
 mod report;
 mod util;
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-const NOT_MEASURED: &str = "not measured yet: reader not available";
+/// In place of the reader figures when the reader phase did not finish.
+const NOT_MEASURED: &str = "not measured: the reader phase did not finish";
 
 type Figures = BTreeMap<String, String>;
 

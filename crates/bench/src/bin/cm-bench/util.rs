@@ -1,10 +1,10 @@
 //! Helpers shared by the phases: results file, environment, metrics scrape,
-//! processes.
+//! processes, perf profiles.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -161,4 +161,57 @@ pub fn have(program: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// `perf record` attached to a process, when perf is available and
+/// CM_BENCH_PROFILE is not 0.
+pub struct Profile {
+    child: Child,
+    data: PathBuf,
+}
+
+/// Starts profiling `pid` into a file under `work`; `None` when profiling
+/// is off or perf is missing or does not start.
+pub fn start_profile(pid: u32, work: &Path) -> Result<Option<Profile>> {
+    if env_u64("CM_BENCH_PROFILE", 1)? == 0 || !have("perf") {
+        return Ok(None);
+    }
+    let data = work.join(format!("perf-{pid}.data"));
+    let child = Command::new("perf")
+        .args(["record", "-F", "499", "-e", "cpu-clock", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    Ok(child.ok().map(|child| Profile { child, data }))
+}
+
+impl Profile {
+    /// Stops recording and returns the top of `perf report`.
+    pub fn finish(mut self) -> Result<String> {
+        signal(self.child.id(), "INT");
+        self.child.wait()?;
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none"])
+            .args(["--percent-limit", "1.5", "--sort", "dso,symbol", "-i"])
+            .arg(&self.data)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .take(30)
+            .map(|l| {
+                let mut words: Vec<&str> = l.split_whitespace().collect();
+                while words.last() == Some(&"-") {
+                    words.pop();
+                }
+                words.join(" ")
+            })
+            .collect();
+        let _ = std::fs::remove_file(&self.data);
+        Ok(lines.join("\n"))
+    }
 }

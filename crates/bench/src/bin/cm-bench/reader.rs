@@ -1,7 +1,8 @@
-//! The reader phase (feature `reader`): hit path against a raw memcached get
-//! of the same size and against tokio-postgres, miss overhead, and a 95/5
-//! read/write mix with and without the cache. Runs while the invalidator of
-//! the other phases is up, so the heartbeat is fresh and writes invalidate.
+//! The reader phase: hit path against a raw memcached get of the same size
+//! and against tokio-postgres, miss overhead, and a 95/5 read/write mix with
+//! and without the cache. Runs while the invalidator of the other phases is
+//! up (`crate::invalidator::run` calls it before stopping its worker), so
+//! the heartbeat is fresh and writes invalidate.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,12 +16,11 @@ use cm_store::{CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls};
 
-use super::{start_profile, Bench};
-use crate::util::env_u64;
+use crate::invalidator::{Bench, AUTHORS, BOOKS_PER_AUTHOR};
+use crate::util::{env_u64, start_profile};
 
 const QUERY: &str = "SELECT id, author_id, title, price, published FROM book WHERE author_id = $1";
 const WRITE: &str = "UPDATE book SET price = price + 1 WHERE id = $1";
-use super::{AUTHORS, BOOKS_PER_AUTHOR};
 
 async fn connect(url: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;

@@ -1,0 +1,242 @@
+//! The one read path of every cached read, whatever lends the connection
+//! ([`crate::CachingClient`], [`crate::CachingPool`]): [`read_cached`] finds
+//! the learned statement and the cache plan and runs the lookup before any
+//! connection is taken; only learning, a miss or a read-through takes one
+//! from the [`ConnectionSource`], and [`read_database`] runs the statement on
+//! it.
+
+use postgres_types::{ToSql, Type};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+
+use crate::cache::QueryCache;
+use crate::dependencies::{self, row_keys};
+use crate::error::ReaderError;
+use crate::fill::{Fetched, Outcome};
+use crate::options::QueryOptions;
+use crate::row::RowSet;
+use crate::source::{ConnectionSource, LazyConnection, SourceConnection};
+
+/// One read: the learned statement (learned on a connection from `source`
+/// the first time), the cache plan, then the lookup, and the database only
+/// on a miss or a read-through. `make` turns the live result into the
+/// payload to cache.
+pub(crate) async fn read_cached<S, P, M>(
+    source: &S,
+    cache: &QueryCache,
+    options: &QueryOptions,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    kind: &str,
+    make: M,
+) -> Result<(P, Outcome), ReaderError>
+where
+    S: ConnectionSource,
+    P: Serialize + DeserializeOwned,
+    M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+{
+    let mut connection = LazyConnection::new(source);
+    let info = if options.no_cache {
+        if let Err(reason) = crate::sql::analyse(sql) {
+            let client = connection.get().await?.client();
+            return Err(crate::learned::not_a_read(client, sql, reason).await);
+        }
+        None
+    } else {
+        Some(match cache.learned(&options.namespace, sql) {
+            Some(info) => info,
+            None => {
+                let client = connection.get().await?.client();
+                cache.learn(client, &options.namespace, sql).await?
+            }
+        })
+    };
+    let plan = info.as_deref().and_then(|info| {
+        let serialised = dependencies::serialise_params(&info.param_types, params)?;
+        cache.plan_for(info, options, kind, sql, serialised)
+    });
+    let learned_types = info.as_deref().map(|info| info.param_types.as_slice());
+    let Some(plan) = plan else {
+        cache.metrics.bypasses();
+        let connection = connection.get().await?;
+        let (payload, _) = read_database(connection, cache, sql, params, make, None).await?;
+        return Ok((payload, Outcome::Bypass));
+    };
+    let fill = Fill {
+        model: info.as_deref().map(|info| &*info.model),
+        learned_types,
+    };
+    cache
+        .get_or_fill(&plan, move || async move {
+            // Taken here and dropped before the result is registered and
+            // stored: a pool gets its connection back as soon as the
+            // statement has run.
+            let connection = connection.into_connection().await?;
+            let (payload, keys) =
+                read_database(&connection, cache, sql, params, make, Some(fill)).await?;
+            Ok::<_, ReaderError>(Fetched {
+                payload,
+                cacheable: keys.is_some(),
+                post_query: keys.unwrap_or_default(),
+            })
+        })
+        .await
+}
+
+/// What a fill needs besides the statement: the model to derive the rows'
+/// keys with, and the parameter types the statement was learned with.
+#[derive(Clone, Copy)]
+struct Fill<'a> {
+    model: Option<&'a cm_keys::SchemaModel>,
+    learned_types: Option<&'a [Type]>,
+}
+
+/// Whether the statement runs in a transaction of its own. Outside a
+/// transaction block, a simple-protocol query starts its own transaction at
+/// its own start, so both timestamps are the same instant; inside a block
+/// (`BEGIN` sent as SQL) the block started earlier. The extended protocol
+/// would not do: there the transaction starts at Parse and the statement
+/// timestamp moves at Bind. A simple query is sent at its first poll, so it
+/// adds no round trip when pipelined with the query.
+const OUTSIDE_TRANSACTION_BLOCK: &str = "SELECT statement_timestamp() = transaction_timestamp()";
+
+/// Runs the statement on `connection`; for a fill (`fill` with a model),
+/// also the keys of the rows' objects and their FK parents. `None` keys
+/// mean "do not store": the column origins could not be looked up (the
+/// neighbour links would be missing), or the session is inside a
+/// transaction block, whose reads may hold uncommitted writes that a
+/// rollback would leave cached forever.
+async fn read_database<C, P, M>(
+    connection: &C,
+    cache: &QueryCache,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    make: M,
+    fill: Option<Fill<'_>>,
+) -> Result<(P, Option<Vec<cm_keys::Key>>), ReaderError>
+where
+    C: SourceConnection,
+    M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+{
+    let learned_types = fill.and_then(|fill| fill.learned_types);
+    let model = fill.and_then(|fill| fill.model);
+    let (statement, executed) = execute(connection, sql, params, learned_types, model.is_some())
+        .await
+        .map_err(ReaderError::from)?;
+    let client = connection.client();
+    let set = RowSet::capture(statement.columns(), &executed.rows)?;
+    let Some(model) = model else {
+        return Ok((make(&executed.rows, set)?, None));
+    };
+    let mut post_query = None;
+    if !executed.outside_transaction_block {
+        cache.metrics.in_transaction_fills();
+        tracing::debug!(sql, "inside a transaction block: the result is not stored");
+    } else {
+        match cache.origins(client, model, statement.columns()).await {
+            Ok(origins) => {
+                post_query = Some(
+                    row_keys(&cache.space, model, &origins, &set)
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "looking up result column names failed; not caching");
+            }
+        }
+    }
+    let payload = make(&executed.rows, set)?;
+    Ok((payload, post_query))
+}
+
+/// The rows, and for a fill whether the session was outside a transaction
+/// block before and after them.
+struct Executed {
+    rows: Vec<Row>,
+    outside_transaction_block: bool,
+}
+
+/// Prepares (through the connection's statement cache, if any) and runs the
+/// statement. A cached statement the server refuses (its result type
+/// changed, or it was deallocated), or whose parameter types differ from
+/// the learned ones, is dropped from the cache and prepared again, once.
+async fn execute<C: SourceConnection>(
+    connection: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    learned_types: Option<&[Type]>,
+    check: bool,
+) -> Result<(Statement, Executed), tokio_postgres::Error> {
+    let mut statement = connection.prepare(sql).await?;
+    if learned_types.is_some_and(|types| types != statement.params()) {
+        connection.forget_prepared(sql);
+        statement = connection.prepare(sql).await?;
+    }
+    match run(connection.client(), &statement, params, check).await {
+        Err(error) if refused_prepared_statement(&error) => {
+            connection.forget_prepared(sql);
+            let statement = connection.prepare(sql).await?;
+            let executed = run(connection.client(), &statement, params, check).await?;
+            Ok((statement, executed))
+        }
+        result => result.map(|executed| (statement, executed)),
+    }
+}
+
+/// Runs a prepared statement; with `check`, the transaction-block checks
+/// are pipelined before and after it, in this order on the connection: a
+/// block opened or closed by another user of the same client between the
+/// checks shows in one of them.
+async fn run(
+    client: &Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    check: bool,
+) -> Result<Executed, tokio_postgres::Error> {
+    if !check {
+        let rows = client.query(statement, params).await?;
+        return Ok(Executed {
+            rows,
+            outside_transaction_block: false,
+        });
+    }
+    let (before, rows, after) = tokio::join!(
+        client.simple_query(OUTSIDE_TRANSACTION_BLOCK),
+        client.query(statement, params),
+        client.simple_query(OUTSIDE_TRANSACTION_BLOCK),
+    );
+    Ok(Executed {
+        rows: rows?,
+        outside_transaction_block: [before, after].iter().all(answered_true),
+    })
+}
+
+/// Whether the server refused a prepared statement that a statement cache
+/// kept too long: "cached plan must not change result type" after DDL, or
+/// a statement deallocated behind the cache's back.
+fn refused_prepared_statement(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        Some(code) if *code == SqlState::INVALID_SQL_STATEMENT_NAME => true,
+        Some(code) if *code == SqlState::FEATURE_NOT_SUPPORTED => {
+            error.as_db_error().is_some_and(|db| {
+                db.message()
+                    .contains("cached plan must not change result type")
+            })
+        }
+        _ => false,
+    }
+}
+
+/// Whether a one-value simple query answered `t`; anything else (an error
+/// included) is taken as "no".
+fn answered_true(answer: &Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>) -> bool {
+    let Ok(messages) = answer else {
+        return false;
+    };
+    messages
+        .iter()
+        .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
+}
