@@ -5,7 +5,7 @@ use tokio_postgres::{Client, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::conninfo::Conninfo;
-use crate::error::{ConnectError, TlsError};
+use crate::error::{ConnectError, TlsConfigError, TlsError};
 use crate::verify::find_rejection;
 
 /// The stream under a [`TlsConnection`]: TLS or plain, as negotiated.
@@ -22,6 +22,13 @@ pub async fn connect(conninfo: &str) -> Result<(Client, TlsConnection), ConnectE
 }
 
 impl Conninfo {
+    /// The `MakeTlsConnect` for these settings, for code that connects
+    /// with the `Config` itself (a connection pool's manager, say). Errors
+    /// then come from tokio-postgres, not as [`ConnectError`].
+    pub fn make_tls_connect(&self) -> Result<MakeRustlsConnect, TlsConfigError> {
+        Ok(self.tls().connector()?.make_tls_connect())
+    }
+
     /// Connects with these settings.
     pub async fn connect(&self) -> Result<(Client, TlsConnection), ConnectError> {
         let connector = self.tls().connector()?;
@@ -37,7 +44,7 @@ impl Conninfo {
 /// "server does not support TLS"). Anything else stays a tokio-postgres
 /// error.
 fn classify(error: tokio_postgres::Error, conninfo: &Conninfo) -> ConnectError {
-    if let Some(rejected) = find_rejection(&error) {
+    if let Some(rejected) = find_rejection(&error, conninfo.tls(), None) {
         return ConnectError::Tls(TlsError::Rejected(rejected));
     }
     let declined = std::error::Error::source(&error)

@@ -51,18 +51,12 @@ impl TlsConnector {
     /// `sslrootcert`).
     pub fn new(settings: &TlsSettings) -> Result<TlsConnector, TlsConfigError> {
         let verification = settings.verification();
-        let (roots, label) = match (verification, settings.root_cert()) {
-            (Verification::None, _) | (_, None) => (RootCertStore::empty(), "(none)".to_owned()),
-            (_, Some(root)) => (crate::roots::load(root)?, root.to_string()),
+        let roots = match (verification, settings.root_cert()) {
+            (Verification::None, _) | (_, None) => RootCertStore::empty(),
+            (_, Some(root)) => crate::roots::load(root)?,
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Verifier::new(
-            verification,
-            roots,
-            Arc::clone(&provider),
-            settings.mode(),
-            label,
-        );
+        let verifier = Verifier::new(verification, roots, Arc::clone(&provider));
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -111,7 +105,7 @@ impl TlsConnector {
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
         match connector.connect(server_name, stream).await {
             Ok(tls) => Ok(Negotiated::Tls(Box::new(tls))),
-            Err(source) => Err(match find_rejection(&source) {
+            Err(source) => Err(match find_rejection(&source, &self.settings, Some(host)) {
                 Some(rejected) => TlsError::Rejected(rejected),
                 None => TlsError::Handshake { mode, source },
             }),

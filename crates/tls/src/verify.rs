@@ -6,8 +6,10 @@
 //! from rustls's public WebPKI functions: the chain
 //! (`verify_server_cert_signed_by_trust_anchor`), then, for `verify-full`
 //! only, the name (`verify_server_name`, subjectAltName entries only).
-//! Failures become [`CertificateRejected`] inside the rustls error, so
-//! callers can name the cause and the mode.
+//! Failures are rustls's own errors (so the alert the server sees is the
+//! right one, and a pool that shows rustls's message shows a plain one);
+//! [`find_rejection`] turns them into a [`CertificateRejected`] that names
+//! the cause, the mode and the roots.
 
 use std::sync::Arc;
 
@@ -16,11 +18,10 @@ use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_na
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, RootCertStore};
+use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore};
 
 use crate::error::CertificateRejected;
-use crate::mode::SslMode;
-use crate::settings::Verification;
+use crate::settings::{TlsSettings, Verification};
 
 /// Checks what `verification` asks for against `roots`.
 #[derive(Debug)]
@@ -28,9 +29,6 @@ pub(crate) struct Verifier {
     verification: Verification,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-    /// For messages: the mode and the `sslrootcert` value.
-    mode: SslMode,
-    root_label: String,
 }
 
 impl Verifier {
@@ -38,47 +36,49 @@ impl Verifier {
         verification: Verification,
         roots: RootCertStore,
         provider: Arc<CryptoProvider>,
-        mode: SslMode,
-        root_label: String,
     ) -> Verifier {
         Verifier {
             verification,
             roots: Arc::new(roots),
             provider,
-            mode,
-            root_label,
         }
     }
+}
 
-    fn rejected(&self, error: Error, host: &ServerName<'_>) -> Error {
-        let reason = match error {
-            Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            ) => CertificateRejected::WrongHost {
-                host: host.to_str().into_owned(),
-                detail: name_detail(&error),
-            },
-            Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                CertificateRejected::UnknownIssuer {
-                    mode: self.mode,
-                    root: self.root_label.clone(),
-                }
+/// What a rustls certificate error means under `settings`, connecting to
+/// `host` (when the error does not say).
+fn rejection(
+    error: &CertificateError,
+    settings: &TlsSettings,
+    host: Option<&str>,
+) -> CertificateRejected {
+    let mode = settings.mode();
+    let root = settings
+        .root_cert()
+        .map_or_else(|| "(none)".to_owned(), ToString::to_string);
+    match error {
+        CertificateError::NotValidForNameContext { expected, .. } => {
+            CertificateRejected::WrongHost {
+                host: expected.to_str().into_owned(),
+                detail: name_detail(error),
             }
-            other => CertificateRejected::Invalid {
-                mode: self.mode,
-                root: self.root_label.clone(),
-                reason: other.to_string(),
-            },
-        };
-        Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(reason))))
+        }
+        CertificateError::NotValidForName => CertificateRejected::WrongHost {
+            host: host.unwrap_or("(unknown)").to_owned(),
+            detail: name_detail(error),
+        },
+        CertificateError::UnknownIssuer => CertificateRejected::UnknownIssuer { mode, root },
+        other => CertificateRejected::Invalid {
+            mode,
+            root,
+            reason: other.to_string(),
+        },
     }
 }
 
 /// Which names the certificate holds, from rustls's error.
-fn name_detail(error: &Error) -> String {
-    let Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. }) =
-        error
-    else {
+fn name_detail(error: &CertificateError) -> String {
+    let CertificateError::NotValidForNameContext { presented, .. } = error else {
         return "the certificate does not name it in subjectAltName".to_owned();
     };
     if presented.is_empty() {
@@ -112,8 +112,7 @@ impl ServerCertVerifier for Verifier {
         if self.verification == Verification::None {
             return Ok(ServerCertVerified::assertion());
         }
-        let cert =
-            ParsedCertificate::try_from(end_entity).map_err(|e| self.rejected(e, server_name))?;
+        let cert = ParsedCertificate::try_from(end_entity)?;
         let algorithms = self.provider.signature_verification_algorithms.all;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -121,10 +120,9 @@ impl ServerCertVerifier for Verifier {
             intermediates,
             now,
             algorithms,
-        )
-        .map_err(|e| self.rejected(e, server_name))?;
+        )?;
         if self.verification == Verification::ChainAndHost {
-            verify_server_name(&cert, server_name).map_err(|e| self.rejected(e, server_name))?;
+            verify_server_name(&cert, server_name)?;
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -164,31 +162,34 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// The [`CertificateRejected`] somewhere in `error`'s causes, if any.
+/// The certificate rejection somewhere in `error`'s causes, if any, as
+/// [`CertificateRejected`] under `settings`; `host` is the host connected
+/// to, when known.
 pub(crate) fn find_rejection(
     error: &(dyn std::error::Error + 'static),
+    settings: &TlsSettings,
+    host: Option<&str>,
 ) -> Option<CertificateRejected> {
     let mut current = Some(error);
     while let Some(error) = current {
-        if let Some(found) = rejection_in(error) {
-            return Some(found);
+        if let Some(found) = certificate_error(error) {
+            return Some(rejection(found, settings, host));
         }
         current = error.source();
     }
     None
 }
 
-fn rejection_in(error: &(dyn std::error::Error + 'static)) -> Option<CertificateRejected> {
-    if let Some(rejected) = error.downcast_ref::<CertificateRejected>() {
-        return Some(rejected.clone());
-    }
+/// The rustls certificate error `error` is or wraps (tokio-rustls hands
+/// rustls errors on inside an `io::Error`).
+fn certificate_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CertificateError> {
     if let Some(io) = error.downcast_ref::<std::io::Error>() {
-        return io.get_ref().and_then(|inner| rejection_in(inner));
+        return io.get_ref().and_then(|inner| certificate_error(inner));
     }
     match error.downcast_ref::<Error>()? {
-        Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-            inner.downcast_ref::<CertificateRejected>().cloned()
-        }
+        Error::InvalidCertificate(found) => Some(found),
         _ => None,
     }
 }
@@ -199,13 +200,13 @@ mod tests {
 
     #[test]
     fn the_names_a_certificate_holds_are_said_plainly() {
-        let error = Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+        let error = CertificateError::NotValidForNameContext {
             expected: ServerName::try_from("localhost").unwrap(),
             presented: vec![
                 "IpAddress(127.0.0.1)".into(),
                 "DnsName(\"db.example\")".into(),
             ],
-        });
+        };
         assert_eq!(
             name_detail(&error),
             "the certificate names 127.0.0.1, db.example"

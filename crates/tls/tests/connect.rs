@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use cm_testkit::{PgCluster, TestPostgres};
-use cm_tls::{connect, ConnectError};
+use cm_tls::{connect, ConnectError, Conninfo};
 
 /// `postgres://USER@HOST:PORT/DB?PARAMS`.
 fn url(pg: &TestPostgres, host: &str, params: &str) -> String {
@@ -133,6 +133,55 @@ async fn each_mode_checks_what_libpq_checks() {
         pg.dbname()
     );
     assert!(!ssl_in_use(&socket).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_deadpool_pool_built_from_a_conninfo_uses_tls() {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool};
+    let pg = tokio::task::spawn_blocking(|| TestPostgres::start_with(PgCluster::builder().tls()))
+        .await
+        .unwrap()
+        .unwrap();
+    let ca = path(pg.tls_ca_file().unwrap());
+    let url = url(
+        &pg,
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let conninfo = Conninfo::parse(&url).unwrap();
+    let manager = Manager::from_config(
+        conninfo.config().clone(),
+        conninfo.make_tls_connect().unwrap(),
+        ManagerConfig::default(),
+    );
+    let pool = Pool::builder(manager).max_size(2).build().unwrap();
+    let client = pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+
+    let wrong = url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let conninfo = Conninfo::parse(&wrong).unwrap();
+    let manager = Manager::from_config(
+        conninfo.config().clone(),
+        conninfo.make_tls_connect().unwrap(),
+        ManagerConfig::default(),
+    );
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let error = pool.get().await.err().unwrap();
+    let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("certificate not valid for name \"localhost\""),
+        "{chain}"
+    );
 }
 
 #[tokio::test]
