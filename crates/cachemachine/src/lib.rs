@@ -40,10 +40,10 @@ pub use cm_keys::{
     CanonicalValue, ForeignKeyConfig, KeySpace, SchemaConfig, TableConfig, TableName, TablePolicy,
 };
 pub use cm_reader::{
-    inspect, BuildError, CachedColumn, CachedQuery, CachedRow, CachingClient, CachingPool,
-    ColumnError, ColumnIndex, ConnectionSource, MetricsSnapshot, ObjectRef, Outcome, QueryCache,
-    QueryCacheBuilder, QueryOptions, RawValue, ReaderError, ReaderOptions, SourceConnection,
-    DEFAULT_PREFIX, DEFAULT_PUBLICATION, DEFAULT_SERVER,
+    describe_metrics, inspect, telemetry, BuildError, CachedColumn, CachedQuery, CachedRow,
+    CachingClient, CachingPool, ColumnError, ColumnIndex, ConnectionSource, MetricsSnapshot,
+    ObjectRef, Outcome, QueryCache, QueryCacheBuilder, QueryOptions, RawValue, ReaderError,
+    ReaderOptions, SourceConnection, DEFAULT_PREFIX, DEFAULT_PUBLICATION, DEFAULT_SERVER,
 };
 pub use cm_store::{read_heartbeat, CacheStore, MemoryStore, MemoryStoreConfig};
 #[cfg(feature = "memcached")]

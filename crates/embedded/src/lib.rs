@@ -16,6 +16,11 @@
 //! confirmed, a restart replays what was not, and readers bypass the cache
 //! while the invalidator's heartbeat is older than `max_staleness`.
 //!
+//! The reader's telemetry (a `cached_read` span per read, counters and a
+//! latency histogram through the `metrics` facade) goes to whatever tracing
+//! subscriber and `metrics` recorder the service installed; this crate
+//! installs neither. The in-process invalidator reports to no observer.
+//!
 //! What this crate must never do: share its slot with another process, or
 //! serve from the cache before the invalidator has started streaming (the
 //! heartbeat check guarantees that).

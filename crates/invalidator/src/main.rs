@@ -3,6 +3,7 @@
 
 mod cache;
 mod check;
+mod endpoint;
 mod error_text;
 mod inspect;
 mod metrics;

@@ -13,7 +13,8 @@ use figment::Figment;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache;
-use crate::metrics::{poll_lag, serve, HealthBounds, Metrics};
+use crate::endpoint::{poll_lag, serve, HealthBounds};
+use crate::metrics::{install_exporter, Metrics};
 
 /// Runs the worker until a stop signal; errors are the fatal ones (an
 /// operator must fix them, a retry cannot).
@@ -42,7 +43,12 @@ async fn start(config: &InvalidatorConfig, figment: &Figment) -> Result<(Worker,
     // Built once here only to report a mapping error before anything starts;
     // the worker reads its own catalog when it streams.
     cache::schema_model(config, &mapping).await?;
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    // The exporter first: the metrics below are registered with it.
+    let exporter = match config.metrics.listen {
+        Some(_) => Some(install_exporter().context("installing the Prometheus exporter")?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
     tokio::spawn(emit_heartbeats(
         config.postgres.url.clone(),
         heartbeat_message_prefix(space.prefix()),
@@ -53,12 +59,12 @@ async fn start(config: &InvalidatorConfig, figment: &Figment) -> Result<(Worker,
         config.postgres.slot.clone(),
         Arc::clone(&metrics),
     ));
-    if let Some(addr) = config.metrics.listen {
+    if let (Some(addr), Some(exporter)) = (config.metrics.listen, exporter) {
         let bounds = HealthBounds {
             max_lag_bytes: config.metrics.max_lag_bytes,
             max_heartbeat_age: Duration::from_millis(config.metrics.max_heartbeat_age_ms),
         };
-        tokio::spawn(serve(addr, Arc::clone(&metrics), bounds));
+        tokio::spawn(serve(addr, Arc::clone(&metrics), exporter, bounds));
     }
     let mut options = config.worker_options();
     options.abort_after_apply = std::env::var_os(CRASH_AFTER_APPLY_ENV).is_some();

@@ -12,14 +12,16 @@ use cm_store::CacheStore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_postgres::{Client, Column};
+use tracing::Instrument;
 
 use crate::dependencies::{self, ColumnOrigins, Param};
 use crate::entry::{Source, SourceParam};
 use crate::error::ReaderError;
 use crate::fill::{CachePlan, Fetched, MissParts};
-use crate::learned::{LearnedStatement, Reads, StatementCache};
+use crate::learned::{LearnedStatement, Reads, StatementCache, Uncacheable};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::{QueryOptions, ReaderOptions};
+use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
 
 /// A row of a table named by its key values, for [`QueryCache::cached_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,13 +291,16 @@ impl QueryCache {
             schema_version: None,
             miss: Box::new(MissParts::default),
         };
-        self.get_or_fill(&plan, || async {
+        let trace = ReadTrace::start();
+        let span = trace.span().clone();
+        self.get_or_fill(&plan, trace, || async {
             compute().await.map(|payload| Fetched {
                 payload,
                 post_query: Vec::new(),
                 cacheable: true,
             })
         })
+        .instrument(span)
         .await
         .map(|(payload, _)| payload)
     }
@@ -328,6 +333,8 @@ impl QueryCache {
             .map(|(c, v)| (c.as_str(), v.as_ref()))
             .collect();
         let object_key = self.space.object(&identity, &pairs);
+        let trace = ReadTrace::start();
+        trace.tables(std::slice::from_ref(&identity));
         let plan = CachePlan {
             result: self.space.result(&[
                 b"cached_with",
@@ -343,19 +350,21 @@ impl QueryCache {
                 source: None,
             }),
         };
-        self.get_or_fill(&plan, || async {
+        let span = trace.span().clone();
+        self.get_or_fill(&plan, trace, || async {
             compute().await.map(|payload| Fetched {
                 payload,
                 post_query: Vec::new(),
                 cacheable: true,
             })
         })
+        .instrument(span)
         .await
         .map(|(payload, _)| payload)
     }
 
-    /// The cache plan for one execution of a statement, or `None` when it
-    /// must be read through. Only the result key is computed per call; the
+    /// The cache plan for one execution of a statement, or the outcome of
+    /// reading it through. Only the result key is computed per call; the
     /// generation keys come with the statement, the rest waits for a miss.
     pub(crate) fn plan_for<'a>(
         &'a self,
@@ -364,12 +373,14 @@ impl QueryCache {
         kind: &'a str,
         sql: &'a str,
         params: Vec<Param>,
-    ) -> Option<CachePlan<'a>> {
-        let reads = info.reads.as_ref().ok()?;
+    ) -> Result<CachePlan<'a>, ReadOutcome> {
+        let reads = info.reads.as_ref().map_err(Uncacheable::outcome)?;
         let model = &info.model;
         for extra in &options.extra_tables {
             // An extra table must be one the invalidator knows.
-            model.table(extra)?;
+            model
+                .table(extra)
+                .ok_or(ReadOutcome::ReadThrough(ReadThrough::Unkeyable))?;
         }
         let generations = if options.extra_tables.is_empty() {
             info.generations
@@ -380,7 +391,7 @@ impl QueryCache {
         } else {
             dependencies::generation_keys(&self.space, model, reads, &options.extra_tables).into()
         };
-        Some(CachePlan {
+        Ok(CachePlan {
             result: self.result_key(options, kind, sql, &params),
             generations,
             check_heartbeat: true,

@@ -1,7 +1,8 @@
 //! The lookup-or-fill protocol shared by every cached read: one multi-get
 //! on a hit; on a miss, snapshot, lease, register, query, register, store
 //! only if the lease holds. Any cache failure degrades to a plain database
-//! read, counted, and never fails the caller.
+//! read, counted, and never fails the caller. Every read through here ends
+//! with its outcome in [`ReadTrace::finish`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use crate::cache::QueryCache;
 use crate::entry::{self, Snapshot, SnapshotRef, Source};
+use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
 
 /// What to look up for one cached value. What only a miss needs is built
 /// by `miss`, so a hit computes nothing it does not read.
@@ -56,7 +58,9 @@ pub(crate) struct Fetched<P> {
     pub(crate) cacheable: bool,
 }
 
-/// How one cached read was served.
+/// How one cached read was served. The telemetry (the `cached_read` span
+/// and the `cm_reader_*` metrics, [`crate::telemetry`]) labels the same
+/// outcome in more detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -99,22 +103,38 @@ enum Lookup<P> {
         /// A value was there but is stale or undecodable.
         refused: bool,
     },
-    /// Do not use the cache for this read.
-    Bypass,
+    /// Do not use the cache for this read; why.
+    Bypass(ReadOutcome),
     /// The schema changed since the statement was learned: re-learn it,
     /// and read through this time.
     Relearn,
 }
 
+/// A read's result and what the cache did for it.
+type Served<P, E> = (Result<P, E>, ReadOutcome);
+
 impl QueryCache {
     /// Serves `plan` from the cache or computes it with `fetch`, filling the
-    /// cache when that is safe, and says which it did. Errors are `fetch`'s
-    /// only.
+    /// cache when that is safe, ends `trace` with the outcome and says which
+    /// it did. Errors are `fetch`'s only.
     pub(crate) async fn get_or_fill<P, E, F, Fut>(
         &self,
         plan: &CachePlan<'_>,
+        trace: ReadTrace,
         fetch: F,
     ) -> Result<(P, Outcome), E>
+    where
+        P: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<P>, E>>,
+    {
+        let (result, outcome) = self.serve(plan, fetch).await;
+        let outcome = trace.finish(outcome);
+        result.map(|payload| (payload, outcome))
+    }
+
+    /// The lookup, then a fill on a miss.
+    async fn serve<P, E, F, Fut>(&self, plan: &CachePlan<'_>, fetch: F) -> Served<P, E>
     where
         P: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -123,16 +143,17 @@ impl QueryCache {
         let (epoch, generations) = match self.lookup::<P>(plan).await {
             Lookup::Hit(payload) => {
                 self.metrics.hits();
-                return Ok((payload, Outcome::Hit));
+                return (Ok(payload), ReadOutcome::Hit);
             }
-            Lookup::Bypass => {
+            Lookup::Bypass(outcome) => {
                 self.metrics.bypasses();
-                return read_through(fetch).await;
+                return read_through(fetch, outcome).await;
             }
             Lookup::Relearn => {
                 self.schema_changed();
                 self.metrics.bypasses();
-                return read_through(fetch).await;
+                let outcome = ReadOutcome::ReadThrough(ReadThrough::SchemaChanged);
+                return read_through(fetch, outcome).await;
             }
             Lookup::Miss {
                 epoch,
@@ -161,7 +182,7 @@ impl QueryCache {
         epoch: Option<u64>,
         generations: Vec<Option<u64>>,
         fetch: F,
-    ) -> Result<(P, Outcome), E>
+    ) -> Served<P, E>
     where
         P: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -176,11 +197,12 @@ impl QueryCache {
             Ok(LeaseResult::Won(lease)) => lease,
             Ok(LeaseResult::Hit(payload)) => {
                 self.metrics.hits();
-                return Ok((payload, Outcome::Hit));
+                return (Ok(payload), ReadOutcome::Hit);
             }
             Ok(LeaseResult::ReadThrough) => {
                 self.metrics.bypasses();
-                return read_through(fetch).await;
+                let outcome = ReadOutcome::ReadThrough(ReadThrough::LeaseContended);
+                return read_through(fetch, outcome).await;
             }
             Err(error) => return self.degrade(error, fetch).await,
         };
@@ -196,12 +218,12 @@ impl QueryCache {
             Ok(fetched) => fetched,
             Err(error) => {
                 self.release(key, lease).await;
-                return Err(error);
+                return (Err(error), ReadOutcome::NotStored);
             }
         };
         if !fetched.cacheable {
             self.release(key, lease).await;
-            return Ok((fetched.payload, Outcome::Miss));
+            return (Ok(fetched.payload), ReadOutcome::NotStored);
         }
         let (registered, _) = tokio::join!(
             self.append(&fetched.post_query, key),
@@ -211,20 +233,21 @@ impl QueryCache {
             self.metrics.cache_errors();
             tracing::warn!(%error, "registering a result's rows failed; not caching it");
             self.release(key, lease).await;
-            return Ok((fetched.payload, Outcome::Miss));
+            return (Ok(fetched.payload), ReadOutcome::NotStored);
         }
         if let Some(hook) = &self.options.before_store {
             hook().await;
         }
-        self.store_result(
-            plan,
-            miss.source.as_ref(),
-            lease,
-            &snapshot,
-            &fetched.payload,
-        )
-        .await;
-        Ok((fetched.payload, Outcome::Miss))
+        let outcome = self
+            .store_result(
+                plan,
+                miss.source.as_ref(),
+                lease,
+                &snapshot,
+                &fetched.payload,
+            )
+            .await;
+        (Ok(fetched.payload), outcome)
     }
 
     /// The one multi-get of a hit: result, epoch, heartbeat, the schema
@@ -245,16 +268,17 @@ impl QueryCache {
             Ok(items) if items.len() == keys.len() => items,
             Ok(_) => {
                 self.metrics.cache_errors();
-                return Lookup::Bypass;
+                return Lookup::Bypass(ReadOutcome::Degraded);
             }
             Err(error) => {
                 self.metrics.cache_errors();
                 tracing::warn!(%error, "cache lookup failed; reading from the database");
-                return Lookup::Bypass;
+                return Lookup::Bypass(ReadOutcome::Degraded);
             }
         };
         if plan.check_heartbeat && !self.heartbeat_fresh(items[2].as_ref()) {
-            return Lookup::Bypass;
+            self.metrics.stale_heartbeat();
+            return Lookup::Bypass(ReadOutcome::ReadThrough(ReadThrough::StaleHeartbeat));
         }
         if let Some(learned_under) = plan.schema_version {
             // A DDL the invalidator applied since the statement was learned
@@ -383,6 +407,8 @@ impl QueryCache {
         }
     }
 
+    /// Stores the filled value if the lease still holds: `Filled`,
+    /// `LeaseLost`, or `NotStored` when it cannot be stored.
     async fn store_result<P: Serialize>(
         &self,
         plan: &CachePlan<'_>,
@@ -390,7 +416,7 @@ impl QueryCache {
         lease: Lease,
         snapshot: &Snapshot,
         payload: &P,
-    ) {
+    ) -> ReadOutcome {
         let key = plan.result.as_str();
         let bytes = match entry::encode(snapshot, source, payload) {
             Ok(bytes) => bytes,
@@ -398,54 +424,62 @@ impl QueryCache {
                 self.metrics.cache_errors();
                 tracing::warn!(%error, "result does not encode; not caching it");
                 self.release(key, lease).await;
-                return;
+                return ReadOutcome::NotStored;
             }
         };
         if bytes.len() > self.options.max_value_bytes {
             self.metrics.oversized();
             self.release(key, lease).await;
-            return;
+            return ReadOutcome::NotStored;
         }
         match self
             .store
             .set_if_lease_valid(key, &bytes, plan.ttl, lease)
             .await
         {
-            Ok(true) => self.metrics.stores(),
+            Ok(true) => {
+                self.metrics.stores();
+                ReadOutcome::Filled
+            }
             // An invalidation deleted the placeholder while we filled: the
             // value may be stale, and is dropped (the stale-set race).
-            Ok(false) => self.metrics.lease_lost(),
+            Ok(false) => {
+                self.metrics.lease_lost();
+                ReadOutcome::LeaseLost
+            }
             Err(StoreError::ValueTooLarge { .. }) => {
                 self.metrics.oversized();
                 self.release(key, lease).await;
+                ReadOutcome::NotStored
             }
             Err(error) => {
                 self.metrics.cache_errors();
                 tracing::warn!(%error, "storing a result failed");
                 self.release(key, lease).await;
+                ReadOutcome::NotStored
             }
         }
     }
 
     /// A cache failure on the way: count it and read through.
-    async fn degrade<P, E, F, Fut>(&self, error: StoreError, fetch: F) -> Result<(P, Outcome), E>
+    async fn degrade<P, E, F, Fut>(&self, error: StoreError, fetch: F) -> Served<P, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fetched<P>, E>>,
     {
         self.metrics.cache_errors();
         tracing::warn!(%error, "cache unavailable; reading from the database");
-        read_through(fetch).await
+        read_through(fetch, ReadOutcome::Degraded).await
     }
 }
 
-/// The value from `fetch`, not stored.
-async fn read_through<P, E, F, Fut>(fetch: F) -> Result<(P, Outcome), E>
+/// The value from `fetch`, not stored, and `outcome`.
+async fn read_through<P, E, F, Fut>(fetch: F, outcome: ReadOutcome) -> Served<P, E>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Fetched<P>, E>>,
 {
-    fetch().await.map(|f| (f.payload, Outcome::Bypass))
+    (fetch().await.map(|f| f.payload), outcome)
 }
 
 enum LeaseResult<P> {

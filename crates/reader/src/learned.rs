@@ -21,6 +21,7 @@ use crate::closure::{self, Dependencies, NotCacheable};
 use crate::error::ReaderError;
 use crate::settings::{self, SessionSettings};
 use crate::sql::{self, Filter, SqlShape};
+use crate::telemetry::{ReadOutcome, ReadThrough};
 
 /// The error for a text that is not one read: the database's own syntax
 /// error when the text does not parse (`SELEC id` gets PostgreSQL's
@@ -46,6 +47,20 @@ pub(crate) enum Uncacheable {
     Lookup(String),
     /// The schema version could not be read; tried again at the next use.
     NoSchemaVersion,
+}
+
+impl Uncacheable {
+    /// What reading through for this reason is, for the telemetry.
+    pub(crate) fn outcome(&self) -> ReadOutcome {
+        match self {
+            Uncacheable::Text(_) | Uncacheable::Catalog(_) => {
+                ReadOutcome::ReadThrough(ReadThrough::Uncacheable)
+            }
+            Uncacheable::Lookup(_) => ReadOutcome::ReadThrough(ReadThrough::CatalogLookupFailed),
+            // The store failed when the version was read.
+            Uncacheable::NoSchemaVersion => ReadOutcome::Degraded,
+        }
+    }
 }
 
 /// Everything the reader knows about one statement text.

@@ -34,6 +34,13 @@
 //! * Helpers: [`QueryCache::cached`] and [`QueryCache::cached_with`].
 //! * Checking: [`inspect::inspect`] re-runs the cached statements (listed
 //!   in the inspection registry) after a fence and reports stale results.
+//! * Telemetry: every read, pooled or not, has a `cached_read` tracing span
+//!   (outcome, fingerprint, tables, time) and moves counters and a latency
+//!   histogram through the `metrics` facade ([`telemetry`]), all recorded
+//!   where the read ends (`ReadTrace::finish`); [`CachingPool::metrics`] and
+//!   [`CachingClient::metrics`] also read the counters as a
+//!   [`MetricsSnapshot`], and each read returns its coarse [`Outcome`]. The
+//!   application installs the recorder; the reader never does.
 //!
 //! ```no_run
 //! # async fn demo(client: tokio_postgres::Client, store: std::sync::Arc<dyn cm_store::CacheStore>)
@@ -94,6 +101,7 @@ mod row;
 mod settings;
 mod source;
 mod sql;
+pub mod telemetry;
 
 pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
@@ -106,3 +114,4 @@ pub use pool::CachingPool;
 pub use query::CachedQuery;
 pub use row::{CachedColumn, CachedRow, ColumnIndex, RawValue};
 pub use source::{ConnectionSource, SourceConnection};
+pub use telemetry::describe_metrics;

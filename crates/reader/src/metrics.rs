@@ -1,6 +1,11 @@
-//! Counters of what the reader did, readable at any time.
+//! Counters of what the reader did, readable at any time as a
+//! [`MetricsSnapshot`]. The events no read outcome shows (cache errors,
+//! refused results...) also go to the `metrics` facade from here; the
+//! outcomes themselves go there from [`crate::telemetry`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::telemetry;
 
 /// Live counters; [`Metrics::snapshot`] reads them.
 #[derive(Debug, Default)]
@@ -8,6 +13,7 @@ pub(crate) struct Metrics {
     hits: AtomicU64,
     misses: AtomicU64,
     bypasses: AtomicU64,
+    stale_heartbeat: AtomicU64,
     cache_errors: AtomicU64,
     stale_rejections: AtomicU64,
     stores: AtomicU64,
@@ -25,10 +31,15 @@ pub struct MetricsSnapshot {
     /// Lookups that found no valid result and went to the database to fill it.
     pub misses: u64,
     /// Reads that went to the database without using the cache: `no_cache`,
-    /// a heartbeat older than `max_staleness` or missing, a statement that
-    /// cannot be cached, another caller holding the fill lease, the cache
-    /// being unreachable (also counted in `cache_errors`).
+    /// a heartbeat older than `max_staleness` or missing (also counted in
+    /// `stale_heartbeat`), a statement that cannot be cached, another caller
+    /// holding the fill lease, the cache being unreachable (also counted in
+    /// `cache_errors`).
     pub bypasses: u64,
+    /// Reads that found the cache off because the invalidator's heartbeat
+    /// was older than `max_staleness`, or missing: not benign, the
+    /// invalidator is down or lagging.
+    pub stale_heartbeat: u64,
     /// Cache operations that failed (each degraded to a database read).
     pub cache_errors: u64,
     /// Cached results found but refused: their epoch or a table generation
@@ -48,18 +59,31 @@ pub struct MetricsSnapshot {
     pub schema_changes: u64,
 }
 
+/// `snapshot_only` counters are read outcomes, which the facade gets from
+/// [`telemetry::ReadTrace::finish`]; `with_facade` ones also increment the
+/// named facade counter.
 macro_rules! counters {
-    ($($name:ident),*) => {
+    (
+        snapshot_only: $($name:ident),*;
+        with_facade: $($event:ident => $metric:expr),* $(,)?
+    ) => {
         impl Metrics {
             $(
                 pub(crate) fn $name(&self) {
                     self.$name.fetch_add(1, Ordering::Relaxed);
                 }
             )*
+            $(
+                pub(crate) fn $event(&self) {
+                    self.$event.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!($metric).increment(1);
+                }
+            )*
 
             pub(crate) fn snapshot(&self) -> MetricsSnapshot {
                 MetricsSnapshot {
                     $($name: self.$name.load(Ordering::Relaxed),)*
+                    $($event: self.$event.load(Ordering::Relaxed),)*
                 }
             }
         }
@@ -67,14 +91,11 @@ macro_rules! counters {
 }
 
 counters!(
-    hits,
-    misses,
-    bypasses,
-    cache_errors,
-    stale_rejections,
-    stores,
-    lease_lost,
-    oversized,
-    in_transaction_fills,
-    schema_changes
+    snapshot_only: hits, misses, bypasses, stale_heartbeat, stores, lease_lost;
+    with_facade:
+        cache_errors => telemetry::CACHE_ERRORS,
+        stale_rejections => telemetry::STALE_REJECTIONS,
+        oversized => telemetry::OVERSIZED,
+        in_transaction_fills => telemetry::IN_TRANSACTION_FILLS,
+        schema_changes => telemetry::SCHEMA_CHANGES,
 );

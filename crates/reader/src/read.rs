@@ -5,24 +5,31 @@
 //! from the [`ConnectionSource`], and [`read_database`] runs the statement on
 //! it.
 
+use std::sync::Arc;
+
 use postgres_types::{ToSql, Type};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+use tracing::field::display;
+use tracing::Instrument;
 
 use crate::cache::QueryCache;
 use crate::dependencies::{self, row_keys};
 use crate::error::ReaderError;
-use crate::fill::{Fetched, Outcome};
+use crate::fill::{CachePlan, Fetched, Outcome};
+use crate::learned::LearnedStatement;
 use crate::options::QueryOptions;
 use crate::row::RowSet;
 use crate::source::{ConnectionSource, LazyConnection, SourceConnection};
+use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
 
-/// One read: the learned statement (learned on a connection from `source`
-/// the first time), the cache plan, then the lookup, and the database only
-/// on a miss or a read-through. `make` turns the live result into the
-/// payload to cache.
+/// One read, in its `cached_read` span: the learned statement (learned on a
+/// connection from `source` the first time), the cache plan, then the
+/// lookup, and the database only on a miss or a read-through. `make` turns
+/// the live result into the payload to cache. The read's telemetry ends in
+/// [`ReadTrace::finish`], on every path that reaches an outcome.
 pub(crate) async fn read_cached<S, P, M>(
     source: &S,
     cache: &QueryCache,
@@ -37,52 +44,139 @@ where
     P: Serialize + DeserializeOwned,
     M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
 {
-    let mut connection = LazyConnection::new(source);
-    let info = if options.no_cache {
-        if let Err(reason) = crate::sql::analyse(sql) {
-            let client = connection.get().await?.client();
-            return Err(crate::learned::not_a_read(client, sql, reason).await);
+    let trace = ReadTrace::start();
+    trace.statement(sql);
+    let span = trace.span().clone();
+    let read = Read {
+        cache,
+        options,
+        sql,
+        params,
+        kind,
+    };
+    let result = read
+        .traced(LazyConnection::new(source), trace, make)
+        .instrument(span.clone())
+        .await;
+    if let Err(error) = &result {
+        span.record("error", display(error));
+    }
+    result
+}
+
+/// One read's statement, parameters and settings.
+struct Read<'a> {
+    cache: &'a QueryCache,
+    options: &'a QueryOptions,
+    sql: &'a str,
+    params: &'a [&'a (dyn ToSql + Sync)],
+    kind: &'a str,
+}
+
+impl Read<'_> {
+    /// The learned statement, the plan, then the lookup or a read-through,
+    /// ending `trace`.
+    async fn traced<S, P, M>(
+        &self,
+        mut connection: LazyConnection<'_, S>,
+        trace: ReadTrace,
+        make: M,
+    ) -> Result<(P, Outcome), ReaderError>
+    where
+        S: ConnectionSource,
+        P: Serialize + DeserializeOwned,
+        M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+    {
+        let info = self.learned(&mut connection).await?;
+        let plan = match info.as_deref() {
+            None => Err(ReadOutcome::ReadThrough(ReadThrough::NoCache)),
+            Some(info) => self.plan(info, &trace),
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(outcome) => return self.read_through(connection, trace, outcome, make).await,
+        };
+        let fill = info.as_deref().map(|info| Fill {
+            model: Some(&*info.model),
+            learned_types: Some(info.param_types.as_slice()),
+        });
+        let (cache, sql, params) = (self.cache, self.sql, self.params);
+        cache
+            .get_or_fill(&plan, trace, move || async move {
+                // Taken here and dropped before the result is registered and
+                // stored: a pool gets its connection back as soon as the
+                // statement has run.
+                let connection = connection.into_connection().await?;
+                let (payload, keys) =
+                    read_database(&connection, cache, sql, params, make, fill).await?;
+                Ok::<_, ReaderError>(Fetched {
+                    payload,
+                    cacheable: keys.is_some(),
+                    post_query: keys.unwrap_or_default(),
+                })
+            })
+            .await
+    }
+
+    /// The learned statement, learned on `connection` the first time;
+    /// `None` for `no_cache` (whose text is still refused if not a read).
+    async fn learned<S: ConnectionSource>(
+        &self,
+        connection: &mut LazyConnection<'_, S>,
+    ) -> Result<Option<Arc<LearnedStatement>>, ReaderError> {
+        let (cache, namespace, sql) = (self.cache, &self.options.namespace, self.sql);
+        if self.options.no_cache {
+            if let Err(reason) = crate::sql::analyse(sql) {
+                let client = connection.get().await?.client();
+                return Err(crate::learned::not_a_read(client, sql, reason).await);
+            }
+            return Ok(None);
         }
-        None
-    } else {
-        Some(match cache.learned(&options.namespace, sql) {
+        Ok(Some(match cache.learned(namespace, sql) {
             Some(info) => info,
             None => {
                 let client = connection.get().await?.client();
-                cache.learn(client, &options.namespace, sql).await?
+                cache.learn(client, namespace, sql).await?
             }
-        })
-    };
-    let plan = info.as_deref().and_then(|info| {
-        let serialised = dependencies::serialise_params(&info.param_types, params)?;
-        cache.plan_for(info, options, kind, sql, serialised)
-    });
-    let learned_types = info.as_deref().map(|info| info.param_types.as_slice());
-    let Some(plan) = plan else {
-        cache.metrics.bypasses();
-        let connection = connection.get().await?;
-        let (payload, _) = read_database(connection, cache, sql, params, make, None).await?;
-        return Ok((payload, Outcome::Bypass));
-    };
-    let fill = Fill {
-        model: info.as_deref().map(|info| &*info.model),
-        learned_types,
-    };
-    cache
-        .get_or_fill(&plan, move || async move {
-            // Taken here and dropped before the result is registered and
-            // stored: a pool gets its connection back as soon as the
-            // statement has run.
-            let connection = connection.into_connection().await?;
-            let (payload, keys) =
-                read_database(&connection, cache, sql, params, make, Some(fill)).await?;
-            Ok::<_, ReaderError>(Fetched {
-                payload,
-                cacheable: keys.is_some(),
-                post_query: keys.unwrap_or_default(),
-            })
-        })
-        .await
+        }))
+    }
+
+    /// The cache plan of this execution of `info`, or why it is read
+    /// through. Records the tables read on `trace`.
+    fn plan<'a>(
+        &'a self,
+        info: &'a LearnedStatement,
+        trace: &ReadTrace,
+    ) -> Result<CachePlan<'a>, ReadOutcome> {
+        trace.tables(info.reads.as_ref().map_or(&[], |r| &r.dependencies.tables));
+        let serialised = dependencies::serialise_params(&info.param_types, self.params)
+            .ok_or(ReadOutcome::ReadThrough(ReadThrough::Unkeyable))?;
+        self.cache
+            .plan_for(info, self.options, self.kind, self.sql, serialised)
+    }
+
+    /// The database without the cache, for `outcome`'s reason.
+    async fn read_through<S, P, M>(
+        &self,
+        mut connection: LazyConnection<'_, S>,
+        trace: ReadTrace,
+        outcome: ReadOutcome,
+        make: M,
+    ) -> Result<(P, Outcome), ReaderError>
+    where
+        S: ConnectionSource,
+        M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
+    {
+        self.cache.metrics.bypasses();
+        let result = match connection.get().await {
+            Ok(connection) => {
+                read_database(connection, self.cache, self.sql, self.params, make, None).await
+            }
+            Err(error) => Err(error),
+        };
+        let outcome = trace.finish(outcome);
+        result.map(|(payload, _)| (payload, outcome))
+    }
 }
 
 /// What a fill needs besides the statement: the model to derive the rows'
