@@ -18,19 +18,11 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::health::HealthBounds;
 use crate::metrics::Metrics;
 
 /// How often a standby retries binding an address the leader holds.
 const BIND_RETRY: Duration = Duration::from_secs(2);
-
-/// Bounds `/healthz` checks.
-#[derive(Debug, Clone, Copy)]
-pub struct HealthBounds {
-    /// Maximum slot lag in bytes.
-    pub max_lag_bytes: u64,
-    /// Maximum heartbeat age.
-    pub max_heartbeat_age: Duration,
-}
 
 /// What `/healthz` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,21 +41,12 @@ pub fn health(metrics: &Metrics, bounds: HealthBounds) -> Health {
     if !metrics.is_leader() {
         return Health::Standby;
     }
-    let lag = u64::try_from(metrics.lag_bytes()).unwrap_or(0);
-    if lag > bounds.max_lag_bytes {
-        return Health::Unhealthy(format!(
-            "slot lag {lag} bytes exceeds {}",
-            bounds.max_lag_bytes
-        ));
-    }
-    match metrics.heartbeat_age() {
-        None => Health::Unhealthy("no heartbeat has completed a round trip yet".into()),
-        Some(age) if age > bounds.max_heartbeat_age => Health::Unhealthy(format!(
-            "last heartbeat round trip {:.1}s ago exceeds {:?}",
-            age.as_secs_f64(),
-            bounds.max_heartbeat_age
-        )),
-        Some(_) => Health::Healthy,
+    let lag = u64::try_from(metrics.lag_bytes()).ok();
+    let violations = bounds.violations(lag, metrics.heartbeat_age());
+    if violations.is_empty() {
+        Health::Healthy
+    } else {
+        Health::Unhealthy(violations.join("; "))
     }
 }
 

@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod endpoint;
 mod error_text;
+mod health;
 mod inspect;
 mod metrics;
 mod run;

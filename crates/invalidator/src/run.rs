@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cm_invalidator::config::InvalidatorConfig;
@@ -13,7 +12,8 @@ use figment::Figment;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache;
-use crate::endpoint::{poll_lag, serve, HealthBounds};
+use crate::endpoint::{poll_lag, serve};
+use crate::health::HealthBounds;
 use crate::metrics::{install_exporter, Metrics};
 
 /// Runs the worker until a stop signal; errors are the fatal ones (an
@@ -60,10 +60,7 @@ async fn start(config: &InvalidatorConfig, figment: &Figment) -> Result<(Worker,
         Arc::clone(&metrics),
     ));
     if let (Some(addr), Some(exporter)) = (config.metrics.listen, exporter) {
-        let bounds = HealthBounds {
-            max_lag_bytes: config.metrics.max_lag_bytes,
-            max_heartbeat_age: Duration::from_millis(config.metrics.max_heartbeat_age_ms),
-        };
+        let bounds = HealthBounds::of(&config.metrics);
         tokio::spawn(serve(addr, Arc::clone(&metrics), exporter, bounds));
     }
     let mut options = config.worker_options();

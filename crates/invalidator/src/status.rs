@@ -13,6 +13,7 @@ use cm_worker::unix_micros_now;
 use serde::Serialize;
 
 use crate::cache;
+use crate::health::HealthBounds;
 
 /// What `status` found.
 #[derive(Debug, Serialize)]
@@ -96,24 +97,8 @@ fn problems(
     } else if streaming_pid.is_none() {
         out.push("no worker is streaming from the slot".into());
     }
-    let max_lag = config.metrics.max_lag_bytes;
-    if let Some(lag) = lag_bytes.and_then(|l| u64::try_from(l).ok()) {
-        if lag > max_lag {
-            out.push(format!(
-                "slot lag {lag} bytes exceeds metrics.max_lag_bytes {max_lag}"
-            ));
-        }
-    }
-    let max_age = Duration::from_millis(config.metrics.max_heartbeat_age_ms);
-    match heartbeat_age {
-        None => out.push("no heartbeat in the cache".into()),
-        Some(age) if age > max_age => out.push(format!(
-            "last heartbeat {:.1} s old exceeds metrics.max_heartbeat_age_ms {}",
-            age.as_secs_f64(),
-            config.metrics.max_heartbeat_age_ms
-        )),
-        Some(_) => {}
-    }
+    let lag = lag_bytes.and_then(|lag| u64::try_from(lag).ok());
+    out.extend(HealthBounds::of(&config.metrics).violations(lag, heartbeat_age));
     out
 }
 
