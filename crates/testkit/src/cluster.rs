@@ -97,73 +97,8 @@ impl PgClusterBuilder {
     /// Runs `initdb`, writes the configuration and starts the server, trying
     /// up to three free ports; returns once the server answers `select 1`.
     pub fn start(self) -> Result<PgCluster, TestkitError> {
-        let bin_dir = match self.bin_dir {
-            Some(dir) => dir,
-            None => find_pg_bin_dir("initdb")?,
-        };
-        for program in ["initdb", "pg_ctl"] {
-            if !is_executable(&bin_dir.join(program)) {
-                return Err(TestkitError::NotFound {
-                    what: format!("PostgreSQL `{program}`"),
-                    detail: format!("not in {}", bin_dir.display()),
-                });
-            }
-        }
-        let run_as = if is_root() {
-            let runuser = find_program("runuser", &["/usr/sbin", "/sbin"]).ok_or_else(|| {
-                TestkitError::NotFound {
-                    what: "runuser".to_string(),
-                    detail: "needed to run PostgreSQL as `postgres` when testing as root \
-                             (package util-linux)"
-                        .to_string(),
-                }
-            })?;
-            Some(RunAs {
-                runuser,
-                user: PG_OS_USER.to_string(),
-            })
-        } else {
-            None
-        };
-
-        let dir = tempfile::Builder::new()
-            .prefix("cm-pg-")
-            .tempdir()
-            .map_err(|e| TestkitError::io("creating a temporary directory for PostgreSQL", e))?;
-        if let Some(run_as) = &run_as {
-            let (uid, gid) = user_ids(&run_as.user)?;
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
-                TestkitError::io(
-                    format!("chown {} to user {}", dir.path().display(), run_as.user),
-                    e,
-                )
-            })?;
-        }
-        let mut cluster = PgCluster {
-            data_dir: dir.path().join("data"),
-            log_path: dir.path().join("server.log"),
-            socket_dir: dir.path().to_path_buf(),
-            dir,
-            bin_dir,
-            port: 0,
-            run_as,
-            tls_ca: None,
-        };
-
-        let mut initdb = cluster.pg_command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&cluster.data_dir)
-            .args([
-                "-U",
-                PG_SUPERUSER,
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
-            .arg("--no-sync");
-        cluster.run_pg(initdb)?;
+        let mut cluster = PgCluster::unstarted(self.bin_dir, "initdb")?;
+        cluster.initdb()?;
         cluster.prepend_hba_lines(&self.hba_lines)?;
         cluster.include_settings_file()?;
         let mut settings = self.settings;
@@ -172,31 +107,38 @@ impl PgClusterBuilder {
             // Before the caller's settings, which may override it.
             settings.insert(0, ("ssl".to_string(), "on".to_string()));
         }
-
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            cluster.port = free_port()?;
-            cluster.write_settings(&settings)?;
-            match cluster.pg_ctl_start() {
-                Ok(()) => break,
-                Err(_) if attempt < START_ATTEMPTS => {
-                    // Most likely another process took the port; make sure nothing
-                    // half-started lingers, then try another one.
-                    cluster.kill_quietly();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        cluster.wait_ready()?;
+        cluster.start_on_free_port(&settings)?;
         Ok(cluster)
     }
 }
 
+/// Runs the server's programs as another operating-system user, through `runuser`.
 #[derive(Debug)]
 struct RunAs {
     runuser: PathBuf,
     user: String,
+}
+
+impl RunAs {
+    /// `postgres` through `runuser` when this process is root (PostgreSQL
+    /// refuses to run as root), else nothing.
+    fn when_root() -> Result<Option<RunAs>, TestkitError> {
+        if !is_root() {
+            return Ok(None);
+        }
+        let runuser = find_program("runuser", &["/usr/sbin", "/sbin"]).ok_or_else(|| {
+            TestkitError::NotFound {
+                what: "runuser".to_string(),
+                detail: "needed to run PostgreSQL as `postgres` when testing as root \
+                         (package util-linux)"
+                    .to_string(),
+            }
+        })?;
+        Ok(Some(RunAs {
+            runuser,
+            user: PG_OS_USER.to_string(),
+        }))
+    }
 }
 
 /// A throwaway PostgreSQL cluster (`wal_level = logical`) listening on
@@ -229,6 +171,96 @@ impl PgCluster {
     /// Starts a cluster with the default settings.
     pub fn start() -> Result<PgCluster, TestkitError> {
         PgClusterBuilder::default().start()
+    }
+
+    /// A cluster with its temporary directory (owned by the server's user)
+    /// but no data directory yet and no server running: the start of
+    /// [`PgClusterBuilder::start`].
+    /// `maker` is the program that will fill the data directory (`initdb`,
+    /// `pg_basebackup`); it and `pg_ctl` must be in the bin directory.
+    pub(crate) fn unstarted(
+        bin_dir: Option<PathBuf>,
+        maker: &str,
+    ) -> Result<PgCluster, TestkitError> {
+        let bin_dir = match bin_dir {
+            Some(dir) => dir,
+            None => find_pg_bin_dir(maker)?,
+        };
+        for program in [maker, "pg_ctl"] {
+            if !is_executable(&bin_dir.join(program)) {
+                return Err(TestkitError::NotFound {
+                    what: format!("PostgreSQL `{program}`"),
+                    detail: format!("not in {}", bin_dir.display()),
+                });
+            }
+        }
+        let run_as = RunAs::when_root()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cm-pg-")
+            .tempdir()
+            .map_err(|e| TestkitError::io("creating a temporary directory for PostgreSQL", e))?;
+        if let Some(run_as) = &run_as {
+            let (uid, gid) = user_ids(&run_as.user)?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                TestkitError::io(
+                    format!("chown {} to user {}", dir.path().display(), run_as.user),
+                    e,
+                )
+            })?;
+        }
+        Ok(PgCluster {
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("server.log"),
+            socket_dir: dir.path().to_path_buf(),
+            dir,
+            bin_dir,
+            port: 0,
+            run_as,
+            tls_ca: None,
+        })
+    }
+
+    /// Fills the data directory with `initdb` (superuser `postgres`, every
+    /// local connection trusted, replication ones included).
+    fn initdb(&self) -> Result<(), TestkitError> {
+        let mut initdb = self.pg_command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "-U",
+                PG_SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg("--no-sync");
+        self.run_pg(initdb)
+    }
+
+    /// Writes the kit's settings plus `settings` and starts the server,
+    /// trying up to three free ports; returns once it answers `select 1`.
+    pub(crate) fn start_on_free_port(
+        &mut self,
+        settings: &[(String, String)],
+    ) -> Result<(), TestkitError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.port = free_port()?;
+            self.write_settings(settings)?;
+            match self.pg_ctl_start() {
+                Ok(()) => break,
+                Err(_) if attempt < START_ATTEMPTS => {
+                    // Most likely another process took the port; make sure nothing
+                    // half-started lingers, then try another one.
+                    self.kill_quietly();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.wait_ready()
     }
 
     /// The TCP port the server listens on.
@@ -327,7 +359,7 @@ impl PgCluster {
     }
 
     /// A command running `program` from the bin dir, as `postgres` when we are root.
-    fn pg_command(&self, program: &str) -> Command {
+    pub(crate) fn pg_command(&self, program: &str) -> Command {
         let exe = self.bin_dir.join(program);
         let mut cmd = match &self.run_as {
             Some(run_as) => {
@@ -346,7 +378,7 @@ impl PgCluster {
     }
 
     /// Runs a PostgreSQL program; on failure the error carries the log tail.
-    fn run_pg(&self, mut cmd: Command) -> Result<(), TestkitError> {
+    pub(crate) fn run_pg(&self, mut cmd: Command) -> Result<(), TestkitError> {
         let out = spawn_output(&mut cmd)?;
         if out.status.success() {
             Ok(())
@@ -402,14 +434,17 @@ impl PgCluster {
         }
     }
 
-    /// Appends `include 'cm_testkit.conf'` to `postgresql.conf`.
-    fn include_settings_file(&self) -> Result<(), TestkitError> {
+    /// Appends `include 'cm_testkit.conf'` to `postgresql.conf`, unless it
+    /// is there already (in a data directory copied from a kit cluster).
+    pub(crate) fn include_settings_file(&self) -> Result<(), TestkitError> {
         let path = self.data_dir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&path)
             .map_err(|e| TestkitError::io(format!("reading {}", path.display()), e))?;
-        text.push_str(&format!(
-            "\n# Added by cm-testkit.\ninclude '{SETTINGS_FILE}'\n"
-        ));
+        let include = format!("include '{SETTINGS_FILE}'");
+        if text.lines().any(|line| line.trim() == include) {
+            return Ok(());
+        }
+        text.push_str(&format!("\n# Added by cm-testkit.\n{include}\n"));
         self.write_config_file(&path, &text)
     }
 
@@ -485,7 +520,7 @@ impl PgCluster {
     }
 
     /// Best-effort immediate shutdown, for `Drop` and failed starts.
-    fn kill_quietly(&self) {
+    pub(crate) fn kill_quietly(&self) {
         let Some(pid) = self.postmaster_pid() else {
             return;
         };
