@@ -149,6 +149,10 @@ impl RunAs {
 /// directory; that also happens when a test panics, as long as panics unwind.
 /// When the tests run as root, the server runs as the `postgres` user
 /// (through `runuser`), since PostgreSQL refuses to run as root.
+///
+/// `pg_hba.conf` trusts every local connection, replication ones included
+/// (`initdb`'s default), and `max_wal_senders` is 50: enough for a few
+/// [`PgReplica`](crate::PgReplica)s beside the tests' logical walsenders.
 #[derive(Debug)]
 pub struct PgCluster {
     // `dir` is removed when the cluster is dropped, after `Drop::drop` stopped the server.
@@ -175,7 +179,7 @@ impl PgCluster {
 
     /// A cluster with its temporary directory (owned by the server's user)
     /// but no data directory yet and no server running: the start of
-    /// [`PgClusterBuilder::start`].
+    /// [`PgClusterBuilder::start`] and of a [`PgReplica`](crate::PgReplica).
     /// `maker` is the program that will fill the data directory (`initdb`,
     /// `pg_basebackup`); it and `pg_ctl` must be in the bin directory.
     pub(crate) fn unstarted(

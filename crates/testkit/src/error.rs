@@ -87,6 +87,15 @@ pub enum TestkitError {
         detail: String,
     },
 
+    /// A server answered a query with something the kit cannot read.
+    #[error("unexpected answer to {what}: `{got}`")]
+    Unexpected {
+        /// What was asked.
+        what: String,
+        /// What came back.
+        got: String,
+    },
+
     /// The throwaway TLS certificates could not be generated.
     #[error("generating the test TLS certificates: {0}")]
     Certificate(String),

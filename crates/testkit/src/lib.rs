@@ -17,6 +17,10 @@
 //!   [`PgClusterBuilder::tls`] starts a cluster with `ssl = on` and a
 //!   certificate for `127.0.0.1` signed by a throwaway CA
 //!   ([`PgCluster::tls_ca_file`]).
+//! * [`PgReplica`]: a hot-standby streaming replica of a [`TestPostgres`]'s
+//!   server (owned or shared) that reads the test's database, and whose
+//!   replay a test can pause, resume and wait for, to read from a replica
+//!   that lags.
 //!
 //! ```no_run
 //! use cm_testkit::TestEnv;
@@ -39,7 +43,8 @@
 //!
 //! * `CM_TEST_PG_URL`: admin URL of a shared PostgreSQL, e.g.
 //!   `postgres://postgres@127.0.0.1:5433/postgres`. The role must be allowed
-//!   to create databases (and, for replication tests, to replicate).
+//!   to create databases (and, for replication tests, to replicate; for
+//!   [`PgReplica`], be a superuser that `pg_hba.conf` lets in for replication).
 //!   [`TestPostgres::start`] then creates its database there instead of
 //!   starting a [`PgCluster`].
 //! * `CM_TEST_MEMCACHED`: `host:port` of a shared memcached, started with
@@ -67,6 +72,7 @@ mod error;
 mod memcached;
 mod postgres;
 mod psql;
+mod replica;
 mod tls;
 mod url;
 mod util;
@@ -78,6 +84,7 @@ pub use memcached::{
     ENV_MEMCACHED_MB,
 };
 pub use postgres::{TestPostgres, ENV_PG_URL};
+pub use replica::PgReplica;
 pub use tls::TLS_SERVER_NAME;
 
 /// Environment variable naming the PostgreSQL bin directory to use.

@@ -189,6 +189,16 @@ impl TestPostgres {
         self.cluster.as_mut()
     }
 
+    /// Where and as whom to reach this test's database.
+    pub(crate) fn params(&self) -> &ConnParams {
+        &self.params
+    }
+
+    /// Where and as whom to reach the server's admin database.
+    pub(crate) fn admin_params(&self) -> &ConnParams {
+        &self.admin
+    }
+
     /// Removes the database from a shared server; retries while walsenders exit.
     fn cleanup(&self) -> Result<(), TestkitError> {
         let db = &self.params.dbname;
