@@ -50,11 +50,7 @@ async fn a_pooled_service_needs_only_this_crate() {
         .unwrap();
     // The invalidator's heartbeat: without it every read bypasses.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let heartbeat = Heartbeat {
-        lsn: 1,
-        emitted_unix_micros: now.as_micros() as u64,
-        applied_unix_micros: now.as_micros() as u64,
-    };
+    let heartbeat = Heartbeat::of_message(1, now.as_micros() as u64, now.as_micros() as u64);
     let key = cache.key_space().heartbeat();
     let store = cache.store();
     store

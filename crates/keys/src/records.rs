@@ -5,9 +5,12 @@
 //!
 //! Both are short ASCII records, versioned by their first field.
 
-/// A heartbeat round trip that completed: a logical message emitted at
+/// How far the invalidator has got, in one record that every hit reads: the
+/// last heartbeat round trip that completed (a logical message emitted at
 /// `emitted_unix_micros` came back through the stream at `lsn`, after every
-/// transaction committed before it had been invalidated.
+/// transaction committed before it had been invalidated), and the positions
+/// behind read-your-writes tokens and replica-safe fills
+/// (`docs/freshness.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     /// LSN of the heartbeat message.
@@ -16,33 +19,69 @@ pub struct Heartbeat {
     /// committed before this instant is invalidated; readers compare it with
     /// their clock and `max_staleness`.
     pub emitted_unix_micros: u64,
-    /// When the invalidator wrote it.
+    /// When the invalidator wrote this record.
     pub applied_unix_micros: u64,
+    /// Every transaction whose commit ends at or below this LSN has had its
+    /// invalidations applied. A read given a write token at or below it may
+    /// be served from the cache.
+    pub applied_lsn: u64,
+    /// No invalidation of a transaction committed above this LSN has
+    /// started: an upper bound of every commit whose invalidations may
+    /// already be (partly) in the cache. A fill read from a replica is
+    /// stored only if the replica had replayed this far. `None` in a record
+    /// that does not carry it (`hb1`): then no replica fill is stored.
+    pub dispatched_lsn: Option<u64>,
 }
 
 impl Heartbeat {
-    /// `hb1 <lsn> <emitted> <applied>`.
+    /// A record of a heartbeat message alone: applied up to the message,
+    /// nothing known about dispatched invalidations.
+    pub fn of_message(lsn: u64, emitted_unix_micros: u64, applied_unix_micros: u64) -> Heartbeat {
+        Heartbeat {
+            lsn,
+            emitted_unix_micros,
+            applied_unix_micros,
+            applied_lsn: lsn,
+            dispatched_lsn: None,
+        }
+    }
+
+    /// `hb2 <lsn> <emitted> <written> <applied_lsn> <dispatched_lsn>`, with
+    /// `-` for an unknown dispatched LSN.
     pub fn encode(&self) -> Vec<u8> {
+        let dispatched = self
+            .dispatched_lsn
+            .map_or_else(|| "-".to_owned(), |d| d.to_string());
         format!(
-            "hb1 {} {} {}",
-            self.lsn, self.emitted_unix_micros, self.applied_unix_micros
+            "hb2 {} {} {} {} {dispatched}",
+            self.lsn, self.emitted_unix_micros, self.applied_unix_micros, self.applied_lsn
         )
         .into_bytes()
     }
 
     /// Parses [`Heartbeat::encode`]'s output; `None` for anything else (a
-    /// reader then treats the heartbeat as missing, i.e. too old).
+    /// reader then treats the heartbeat as missing, i.e. too old). An `hb1`
+    /// record reads as applied up to its heartbeat message.
     pub fn decode(bytes: &[u8]) -> Option<Heartbeat> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut fields = text.split(' ');
-        if fields.next()? != "hb1" {
-            return None;
-        }
-        let heartbeat = Heartbeat {
-            lsn: fields.next()?.parse().ok()?,
-            emitted_unix_micros: fields.next()?.parse().ok()?,
-            applied_unix_micros: fields.next()?.parse().ok()?,
+        let full = match fields.next()? {
+            "hb1" => false,
+            "hb2" => true,
+            _ => return None,
         };
+        let mut heartbeat = Heartbeat::of_message(
+            fields.next()?.parse().ok()?,
+            fields.next()?.parse().ok()?,
+            fields.next()?.parse().ok()?,
+        );
+        if full {
+            heartbeat.applied_lsn = fields.next()?.parse().ok()?;
+            heartbeat.dispatched_lsn = match fields.next()? {
+                "-" => None,
+                dispatched => Some(dispatched.parse().ok()?),
+            };
+        }
         fields.next().is_none().then_some(heartbeat)
     }
 }
@@ -115,18 +154,29 @@ mod tests {
 
     #[test]
     fn heartbeat_round_trips_and_rejects_other_bytes() {
-        let hb = Heartbeat {
+        let mut hb = Heartbeat {
             lsn: 0x1548E68,
             emitted_unix_micros: 1_795_548_472_727_565,
             applied_unix_micros: 1_795_548_472_730_000,
+            applied_lsn: 0x1549000,
+            dispatched_lsn: Some(0x1549100),
         };
         assert_eq!(Heartbeat::decode(&hb.encode()), Some(hb));
+        hb.dispatched_lsn = None;
+        assert_eq!(Heartbeat::decode(&hb.encode()), Some(hb));
+        assert_eq!(
+            Heartbeat::decode(b"hb1 7 8 9"),
+            Some(Heartbeat::of_message(7, 8, 9))
+        );
         for bad in [
             &b""[..],
-            b"hb2 1 2 3",
+            b"hb3 1 2 3",
             b"hb1 1 2",
             b"hb1 1 2 3 4",
             b"hb1 x 2 3",
+            b"hb2 1 2 3 4",
+            b"hb2 1 2 3 4 5 6",
+            b"hb2 1 2 3 4 x",
         ] {
             assert_eq!(Heartbeat::decode(bad), None, "{bad:?}");
         }

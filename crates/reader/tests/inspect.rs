@@ -42,11 +42,7 @@ async fn applied_everything(h: &Harness) {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
-    let heartbeat = Heartbeat {
-        lsn: u64::MAX,
-        emitted_unix_micros: now,
-        applied_unix_micros: now,
-    };
+    let heartbeat = Heartbeat::of_message(u64::MAX, now, now);
     let key = h.space.heartbeat();
     h.store
         .write_heartbeat(key.as_str(), &heartbeat.encode(), Duration::from_secs(600))

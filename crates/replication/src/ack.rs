@@ -242,6 +242,11 @@ impl AckGate {
         commits && messages && open
     }
 
+    /// The furthest position whose work is done, ceiling aside. Only rises.
+    pub fn done(&self) -> Lsn {
+        self.done
+    }
+
     /// The `write` position to report: the furthest position received.
     pub fn last_received(&self) -> Lsn {
         self.last_received

@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
 
@@ -114,6 +114,8 @@ struct Shared {
     acked: Notify,
     /// Wakes [`Acker::ceiling_request`]: the ceiling holds the flush back.
     ceiling_wanted: Notify,
+    /// The done position ([`AckGate::done`]), for [`Acker::applied`].
+    done: watch::Sender<Lsn>,
 }
 
 impl Shared {
@@ -126,11 +128,20 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Wakes whoever waits to raise the ceiling when it holds work back.
-    fn note_ceiling(&self, gate: &AckGate) {
+    /// After a change of the gate: wakes whoever waits to raise the ceiling
+    /// when it holds work back, and publishes a done position that moved.
+    fn note_change(&self, gate: &AckGate) {
         if gate.ceiling_request().is_some() {
             self.ceiling_wanted.notify_one();
         }
+        let done = gate.done();
+        self.done.send_if_modified(|published| {
+            let moved = done > *published;
+            if moved {
+                *published = done;
+            }
+            moved
+        });
     }
 }
 
@@ -147,7 +158,7 @@ impl Acker {
         let flushed = {
             let mut gate = self.shared.gate();
             let flushed = gate.commit_done(end_lsn)?;
-            self.shared.note_ceiling(&gate);
+            self.shared.note_change(&gate);
             flushed
         };
         self.shared.acked.notify_one();
@@ -162,7 +173,7 @@ impl Acker {
             let mut gate = self.shared.gate();
             let before = gate.flush();
             let after = gate.message_done(lsn)?;
-            self.shared.note_ceiling(&gate);
+            self.shared.note_change(&gate);
             (before, after)
         };
         if after > before {
@@ -194,13 +205,21 @@ impl Acker {
             let mut gate = self.shared.gate();
             let before = gate.flush();
             let after = gate.raise_ceiling(ceiling);
-            self.shared.note_ceiling(&gate);
+            self.shared.note_change(&gate);
             (before, after)
         };
         if after > before {
             self.shared.acked.notify_one();
         }
         after
+    }
+
+    /// The furthest position whose work is done, ceiling aside: every
+    /// transaction committed at or below it was reported done, and nothing
+    /// at or below it is outstanding. Changes whenever it moves (a commit
+    /// reported done, a keepalive settled); starts at `0/0`.
+    pub fn applied(&self) -> watch::Receiver<Lsn> {
+        self.shared.done.subscribe()
     }
 
     /// Current received and flushed positions.
@@ -233,6 +252,7 @@ impl ReplicationStream {
             gate: Mutex::new(gate),
             acked: Notify::new(),
             ceiling_wanted: Notify::new(),
+            done: watch::channel(Lsn::INVALID).0,
         });
         let batches = options.channel_capacity.div_ceil(MAX_BATCH).max(1);
         let (events_tx, events) = mpsc::channel(batches);
@@ -405,7 +425,7 @@ impl Pump {
                 {
                     let mut gate = self.shared.gate();
                     gate.keepalive(keepalive.wal_end);
-                    self.shared.note_ceiling(&gate);
+                    self.shared.note_change(&gate);
                 }
                 if keepalive.reply_requested {
                     self.send_status().await?;

@@ -73,11 +73,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read_heartbeat(&store, &space).await.unwrap(), None);
-        let heartbeat = Heartbeat {
-            lsn: 42,
-            emitted_unix_micros: 7,
-            applied_unix_micros: 9,
-        };
+        let heartbeat = Heartbeat::of_message(42, 7, 9);
         store
             .write_heartbeat(key.as_str(), &heartbeat.encode(), ttl)
             .await

@@ -1,5 +1,7 @@
 //! Carrying out one transaction's invalidations in the cache, crash-safely:
 //!
+//! 0. make sure the progress record says this group is dispatched
+//!    ([`DispatchGate`], beside step 1: no extra round trip);
 //! 1. read the flush lists (members and CAS), without clearing them;
 //! 2. delete every member (NOT_FOUND is fine);
 //! 3. clear each list only if it is unchanged since the read;
@@ -17,6 +19,7 @@ use std::collections::BTreeSet;
 
 use cm_store::{CacheStore, StoreError};
 
+use crate::progress::DispatchGate;
 use crate::txn::TxnInvalidations;
 
 /// How many read/delete/clear rounds a changing list gets.
@@ -32,18 +35,27 @@ pub struct Applied {
 }
 
 /// Applies `txn` once; any store error aborts (the caller retries the whole
-/// transaction: every step is idempotent).
+/// transaction: every step is idempotent). Nothing is deleted or bumped
+/// before `gate` opens.
 pub async fn apply_once(
     store: &dyn CacheStore,
     txn: &TxnInvalidations,
+    gate: &DispatchGate,
 ) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
     let mut pending: Vec<&str> = txn.flush_lists().iter().map(|k| k.as_str()).collect();
+    let mut gate = Some(gate);
     for _ in 0..CLEAR_ROUNDS {
         if pending.is_empty() {
             break;
         }
-        let snapshots = store.read_flush_lists(&pending).await?;
+        let first = gate.take();
+        let (snapshots, ()) = tokio::join!(store.read_flush_lists(&pending), async move {
+            if let Some(gate) = first {
+                gate.wait().await;
+            }
+        });
+        let snapshots = snapshots?;
         // Every member read this round is deleted again before the clear,
         // even one deleted in an earlier round: since that delete a reader
         // may have leased the key afresh, re-registered it (the append that
@@ -74,6 +86,9 @@ pub async fn apply_once(
             .filter(|(_, ok)| !ok)
             .map(|((key, _), _)| *key)
             .collect();
+    }
+    if let Some(gate) = gate {
+        gate.wait().await;
     }
     // Sequential: a reader that sees a later key moved must see the
     // earlier ones moved too.
@@ -153,7 +168,9 @@ mod tests {
             table_generation: space.table_generation(&table),
             bump_table_generation: false,
         });
-        apply_once(&store, &txn).await.unwrap();
+        apply_once(&store, &txn, &DispatchGate::open())
+            .await
+            .unwrap();
 
         let q_alive = store.inner().get_many(&[Q]).await.unwrap()[0].is_some();
         let registered = store

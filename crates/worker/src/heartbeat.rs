@@ -68,9 +68,5 @@ pub async fn emit_heartbeats(url: String, prefix: String, interval: Duration) {
 /// `content` (unix micros as text); `None` for content that is not ours.
 pub fn heartbeat_for(lsn: u64, content: &[u8]) -> Option<Heartbeat> {
     let emitted: u64 = std::str::from_utf8(content).ok()?.trim().parse().ok()?;
-    Some(Heartbeat {
-        lsn,
-        emitted_unix_micros: emitted,
-        applied_unix_micros: unix_micros_now(),
-    })
+    Some(Heartbeat::of_message(lsn, emitted, unix_micros_now()))
 }

@@ -37,6 +37,7 @@ mod identity;
 mod observer;
 mod options;
 mod pipeline;
+mod progress;
 mod retry;
 pub mod setup;
 mod slot_identity;

@@ -225,6 +225,11 @@ impl CommitGroup {
     pub fn commits(&self) -> &[CommitInfo] {
         &self.commits
     }
+
+    /// The last transaction's `end_lsn`: the group's highest.
+    pub fn last_end_lsn(&self) -> Option<Lsn> {
+        self.commits.last().map(|commit| commit.end_lsn)
+    }
 }
 
 /// Moves `other`'s keys into `set`, inserting the smaller set into the

@@ -31,7 +31,7 @@ use cm_replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream, SlotName,
     StartOptions, SystemIdentity,
 };
-use cm_store::{CacheStore, StoreError};
+use cm_store::{read_heartbeat, CacheStore, StoreError};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -45,6 +45,7 @@ use crate::heartbeat::{heartbeat_for, heartbeat_message_prefix};
 use crate::observer::{Observer, Role};
 use crate::options::WorkerOptions;
 use crate::pipeline::{ApplyFuture, Pipeline};
+use crate::progress::{starting_record, write_starting_record, DispatchGate, Progress};
 use crate::retry::{retry_store, Backoff};
 use crate::slot_identity::{flush_reason, read_state, starting_bound, write_state};
 use crate::sql::connect_sql;
@@ -161,8 +162,16 @@ impl Worker {
         options.ack_ceiling = Some(Lsn::INVALID);
         let mut stream = conn.start_replication(options).await?;
         // From here the walsender holds the slot: no one else moves it.
-        let state = self.check_epoch(&client, &slot, &system, created).await?;
+        let (state, record) = self.check_epoch(&client, &slot, &system, created).await?;
         let acker = stream.acker();
+        let (progress, writing) = Progress::start(
+            Arc::clone(&self.store),
+            self.space.heartbeat().as_str().to_owned(),
+            record,
+            acker.applied(),
+            Arc::clone(&self.observer),
+            self.options.max_backoff,
+        );
         acker.raise_ceiling(Lsn(state.confirm_bound.unwrap_or_default()));
         mapper.reset_session();
         tracing::info!(system_id = %system.system_id, timeline = system.timeline, "streaming");
@@ -175,11 +184,12 @@ impl Worker {
             self.options.max_backoff,
         );
         let result = tokio::select! {
-            result = self.stream(mapper, &mut stream, stop) => result,
+            result = self.stream(mapper, &mut stream, &progress, stop) => result,
             kept = keeper.run(acker) => match kept {
                 Ok(never) => match never {},
                 Err(error) => Err(error),
             },
+            error = writing => Err(error),
         };
         result?;
         stream.stop().await?;
@@ -210,7 +220,9 @@ impl Worker {
 
     /// Decides whether the slot is the one the last session left (see
     /// [`crate::slot_identity`]), bumps the epoch when it is not, and
-    /// persists the worker state with its starting confirm bound. Runs
+    /// persists the worker state with its starting confirm bound. Before
+    /// anything changes the cache, writes the session's first progress
+    /// record ([`crate::progress`]), which it returns with the state. Runs
     /// while this session holds the slot and before anything is confirmed.
     async fn check_epoch(
         &self,
@@ -218,7 +230,7 @@ impl Worker {
         slot: &SlotName,
         system: &SystemIdentity,
         slot_created: bool,
-    ) -> Result<WorkerState, WorkerError> {
+    ) -> Result<(WorkerState, Heartbeat), WorkerError> {
         let key = self.space.worker_state();
         let store = self.store.as_ref();
         let previous = self
@@ -233,6 +245,9 @@ impl Worker {
             slot: slot.to_string(),
             confirm_bound: None,
         };
+        let record = self
+            .starting_progress(previous.as_ref(), &current, confirmed, system)
+            .await?;
         if let Some(reason) = flush_reason(previous.as_ref(), &current, slot_created, confirmed) {
             self.bump_epoch(&reason.to_string()).await?;
         }
@@ -240,7 +255,37 @@ impl Worker {
         current.confirm_bound = Some(bound.0);
         self.retry("write worker state", || write_state(store, &key, &current))
             .await?;
-        Ok(current)
+        Ok((current, record))
+    }
+
+    /// Writes and returns the session's first progress record: the last
+    /// session's positions when they are of the same system, raised to the
+    /// slot's confirmed position and the server's current one.
+    async fn starting_progress(
+        &self,
+        previous: Option<&WorkerState>,
+        current: &WorkerState,
+        confirmed: Option<Lsn>,
+        system: &SystemIdentity,
+    ) -> Result<Heartbeat, WorkerError> {
+        let store = self.store.as_ref();
+        let old = self
+            .retry("read progress record", || {
+                read_heartbeat(store, &self.space)
+            })
+            .await?;
+        let comparable = previous.is_some_and(|p| p.system_id == current.system_id);
+        let record = starting_record(old, comparable, confirmed, system.xlogpos);
+        let key = self.space.heartbeat();
+        write_starting_record(
+            store,
+            key.as_str(),
+            &record,
+            self.observer.as_ref(),
+            self.options.max_backoff,
+        )
+        .await?;
+        Ok(record)
     }
 
     async fn bump_epoch(&self, reason: &str) -> Result<(), WorkerError> {
@@ -278,6 +323,7 @@ impl Worker {
         &self,
         mapper: &mut ChangeMapper,
         stream: &mut ReplicationStream,
+        progress: &Progress,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
         let acker = stream.acker();
@@ -298,7 +344,7 @@ impl Worker {
                     let (applied, done) = done?;
                     self.acknowledge(&acker, applied, &done)?;
                     for heartbeat in pipeline.heartbeats_now_due() {
-                        self.complete_heartbeat(&acker, heartbeat).await?;
+                        complete_heartbeat(&acker, progress, heartbeat).await?;
                     }
                 }
                 event = stream.next(), if can_read => {
@@ -338,7 +384,7 @@ impl Worker {
                         }
                         LogicalMessage::Message(message) if !message.transactional() => {
                             // It comes after every commit received so far.
-                            self.start_group(&mut pipeline, &mut group);
+                            self.start_group(&mut pipeline, &mut group, progress);
                             let heartbeat = (message.prefix == heartbeat_prefix)
                                 .then(|| heartbeat_for(message.lsn.0, &message.content))
                                 .flatten();
@@ -347,7 +393,7 @@ impl Worker {
                                     pipeline.push_heartbeat(heartbeat, message.lsn)
                                 }
                                 Some(heartbeat) => {
-                                    self.complete_heartbeat(&acker, (heartbeat, message.lsn)).await?
+                                    complete_heartbeat(&acker, progress, (heartbeat, message.lsn)).await?
                                 }
                                 None => {
                                     acker.message_done(message.lsn)?;
@@ -374,7 +420,7 @@ impl Worker {
                         || group.len() >= MAX_GROUP
                         || group.keys() >= self.options.key_budget
                     {
-                        self.start_group(&mut pipeline, &mut group);
+                        self.start_group(&mut pipeline, &mut group, progress);
                     }
                 }
             }
@@ -432,9 +478,15 @@ impl Worker {
     }
 
     /// Starts applying the commits gathered so far, if any.
-    fn start_group(&self, pipeline: &mut Pipeline, group: &mut CommitGroup) {
+    fn start_group(&self, pipeline: &mut Pipeline, group: &mut CommitGroup, progress: &Progress) {
         if !group.is_empty() {
-            pipeline.push_group(self.applying(std::mem::take(group)));
+            let group = std::mem::take(group);
+            // A group with nothing to change in the cache dispatches nothing.
+            let gate = group
+                .last_end_lsn()
+                .filter(|_| !group.invalidations().is_empty())
+                .map(|end| progress.dispatch(end));
+            pipeline.push_group(self.applying(group, gate));
         }
     }
 
@@ -459,45 +511,39 @@ impl Worker {
         Ok(())
     }
 
-    /// A future that applies `group` (retrying cache errors) and hands it back.
-    fn applying(&self, group: CommitGroup) -> ApplyFuture {
+    /// A future that applies `group` (retrying cache errors) and hands it
+    /// back; nothing changes in the cache before `gate` opens.
+    fn applying(&self, group: CommitGroup, gate: Option<DispatchGate>) -> ApplyFuture {
         let store = Arc::clone(&self.store);
         let observer = Arc::clone(&self.observer);
         let max_backoff = self.options.max_backoff;
         Box::pin(async move {
             let txn = group.invalidations();
-            if txn.is_empty() {
+            let Some(gate) = gate else {
                 return Ok((Applied::default(), group));
-            }
+            };
             let applied = retry_store(
                 max_backoff,
                 observer.as_ref(),
                 "apply invalidations",
-                || apply_once(store.as_ref(), txn),
+                || apply_once(store.as_ref(), txn, &gate),
             )
             .await?;
             Ok((applied, group))
         })
     }
+}
 
-    /// Writes a heartbeat whose earlier transactions are all applied.
-    async fn complete_heartbeat(
-        &self,
-        acker: &cm_replication::Acker,
-        (heartbeat, lsn): (Heartbeat, cm_pgoutput::Lsn),
-    ) -> Result<(), WorkerError> {
-        let key = self.space.heartbeat();
-        let value = heartbeat.encode();
-        self.retry("write heartbeat", || async {
-            self.store
-                .write_heartbeat(key.as_str(), &value, Duration::from_secs(24 * 3600))
-                .await
-        })
-        .await?;
-        self.observer.heartbeat_written(&heartbeat);
-        acker.message_done(lsn)?;
-        Ok(())
-    }
+/// Records a heartbeat whose earlier transactions are all applied, and
+/// acknowledges its message once the record carrying it is written.
+async fn complete_heartbeat(
+    acker: &cm_replication::Acker,
+    progress: &Progress,
+    (heartbeat, lsn): (Heartbeat, Lsn),
+) -> Result<(), WorkerError> {
+    progress.heartbeat(&heartbeat).await;
+    acker.message_done(lsn)?;
+    Ok(())
 }
 
 /// Completes [`STOP_GRACE`] after `stop` turns true (or its sender is

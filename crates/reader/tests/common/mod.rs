@@ -176,11 +176,7 @@ impl Harness {
     pub async fn heartbeat(&self, age: Duration) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let emitted = (now - age).as_micros() as u64;
-        let hb = Heartbeat {
-            lsn: 1,
-            emitted_unix_micros: emitted,
-            applied_unix_micros: now.as_micros() as u64,
-        };
+        let hb = Heartbeat::of_message(1, emitted, now.as_micros() as u64);
         let key = self.space.heartbeat();
         let _ = self
             .store
