@@ -3,7 +3,7 @@
 //! statement cache and the counters.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ pub struct QueryCache {
     pub(crate) metrics: Metrics,
     /// The registry bucket found full (no more appends to it).
     pub(crate) registry_full: AtomicU64,
+    /// Whether a fill ever came from a hot standby: from then on every fill
+    /// reads the invalidator's dispatched LSN beside its query.
+    pub(crate) replica_seen: AtomicBool,
     /// The global epoch's key, read by every hit.
     pub(crate) epoch_key: Key,
     /// The invalidator heartbeat's key, read by every hit.
@@ -118,6 +121,7 @@ impl QueryCache {
             attribute_names: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             registry_full: AtomicU64::new(u64::MAX),
+            replica_seen: AtomicBool::new(false),
         })
     }
 
@@ -290,6 +294,7 @@ impl QueryCache {
             ttl: ttl.min(self.options.flush_list_ttl),
             schema_version: None,
             miss: Box::new(MissParts::default),
+            token: None,
         };
         let trace = ReadTrace::start();
         let span = trace.span().clone();
@@ -298,6 +303,7 @@ impl QueryCache {
                 payload,
                 post_query: Vec::new(),
                 cacheable: true,
+                replayed: None,
             })
         })
         .instrument(span)
@@ -349,6 +355,7 @@ impl QueryCache {
                 pre_query: vec![object_key.clone()],
                 source: None,
             }),
+            token: None,
         };
         let span = trace.span().clone();
         self.get_or_fill(&plan, trace, || async {
@@ -356,6 +363,7 @@ impl QueryCache {
                 payload,
                 post_query: Vec::new(),
                 cacheable: true,
+                replayed: None,
             })
         })
         .instrument(span)
@@ -398,6 +406,9 @@ impl QueryCache {
             ttl: self.options.result_ttl(options),
             schema_version: info.schema_version,
             miss: Box::new(move || self.miss_parts(info, reads, options, kind, sql, &params)),
+            token: options
+                .after
+                .map(|token| (token, options.token_wait.unwrap_or(self.options.token_wait))),
         })
     }
 

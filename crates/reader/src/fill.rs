@@ -5,8 +5,9 @@
 //! with its outcome in [`ReadTrace::finish`].
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cm_keys::{Heartbeat, Key};
 use cm_store::{Item, Lease, LeaseOutcome, StoreError};
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::cache::QueryCache;
 use crate::entry::{self, Snapshot, SnapshotRef, Source};
 use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
+use crate::token::WriteToken;
 
 /// What to look up for one cached value. What only a miss needs is built
 /// by `miss`, so a hit computes nothing it does not read.
@@ -35,6 +37,8 @@ pub(crate) struct CachePlan<'a> {
     pub(crate) schema_version: Option<u64>,
     /// Builds the flush lists to join and the source, on a miss.
     pub(crate) miss: Box<dyn Fn() -> MissParts + Send + Sync + 'a>,
+    /// Read-your-writes: the token to wait for, and for how long.
+    pub(crate) token: Option<(WriteToken, Duration)>,
 }
 
 /// The parts of a cache plan only a miss uses.
@@ -56,6 +60,9 @@ pub(crate) struct Fetched<P> {
     /// False when the value must not be stored (its registrations are
     /// incomplete).
     pub(crate) cacheable: bool,
+    /// The replay position of the hot standby the value was read from,
+    /// taken before its query; `None` on a primary.
+    pub(crate) replayed: Option<u64>,
 }
 
 /// How one cached read was served. The telemetry (the `cached_read` span
@@ -92,6 +99,10 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// How often a read with a write token looks at the progress record while
+/// it waits for the token to be applied.
+const TOKEN_POLL: Duration = Duration::from_millis(1);
+
 /// What the first multi-get found.
 enum Lookup<P> {
     Hit(P),
@@ -102,7 +113,13 @@ enum Lookup<P> {
         generations: Vec<Option<u64>>,
         /// A value was there but is stale or undecodable.
         refused: bool,
+        /// The read's write token is not applied yet: a value someone else
+        /// fills meanwhile may predate its commit.
+        token_pending: bool,
     },
+    /// A valid value, but the read's write token is not applied yet: the
+    /// value may predate its commit.
+    TokenPending,
     /// Do not use the cache for this read; why.
     Bypass(ReadOutcome),
     /// The schema changed since the statement was learned: re-learn it,
@@ -140,7 +157,19 @@ impl QueryCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fetched<P>, E>>,
     {
-        let (epoch, generations) = match self.lookup::<P>(plan).await {
+        let deadline = plan.token.map(|(_, wait)| Instant::now() + wait);
+        let mut lookup = self.lookup::<P>(plan).await;
+        while let (Lookup::TokenPending, Some((token, _)), Some(deadline)) =
+            (&lookup, plan.token, deadline)
+        {
+            if !self.wait_applied(token, deadline).await {
+                self.metrics.bypasses();
+                let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
+                return read_through(fetch, outcome).await;
+            }
+            lookup = self.lookup::<P>(plan).await;
+        }
+        let (epoch, generations, token_pending) = match lookup {
             Lookup::Hit(payload) => {
                 self.metrics.hits();
                 return (Ok(payload), ReadOutcome::Hit);
@@ -155,10 +184,17 @@ impl QueryCache {
                 let outcome = ReadOutcome::ReadThrough(ReadThrough::SchemaChanged);
                 return read_through(fetch, outcome).await;
             }
+            Lookup::TokenPending => {
+                // Only without a token: cannot happen; read through.
+                self.metrics.bypasses();
+                let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
+                return read_through(fetch, outcome).await;
+            }
             Lookup::Miss {
                 epoch,
                 generations,
                 refused,
+                token_pending,
             } => {
                 // A refused value would answer the lease read as a hit and
                 // block every refill until its TTL: remove it first. Deleting
@@ -168,11 +204,46 @@ impl QueryCache {
                         return self.degrade(error, fetch).await;
                     }
                 }
-                (epoch, generations)
+                (epoch, generations, token_pending)
             }
         };
         self.metrics.misses();
-        self.fill(plan, epoch, generations, fetch).await
+        self.fill(plan, epoch, generations, token_pending, fetch)
+            .await
+    }
+
+    /// Polls the progress record until the invalidator has applied
+    /// `token`; false when `deadline` passes first (or the record cannot
+    /// be read).
+    async fn wait_applied(&self, token: WriteToken, deadline: Instant) -> bool {
+        loop {
+            let applied = cm_store::get_one(self.store.as_ref(), self.heartbeat_key.as_str())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|item| Heartbeat::decode(&item.value))
+                .map(|heartbeat| heartbeat.applied_lsn);
+            if applied.is_some_and(|applied| applied >= token.lsn()) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep(TOKEN_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// The dispatched LSN of the progress record, read after the fill's
+    /// pre-query registrations (`docs/freshness.md`); `None` when it
+    /// cannot be read.
+    async fn read_dispatched(&self) -> Option<u64> {
+        cm_store::get_one(self.store.as_ref(), self.heartbeat_key.as_str())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|item| Heartbeat::decode(&item.value))
+            .and_then(|heartbeat| heartbeat.dispatched_lsn)
     }
 
     /// The miss: snapshot, lease, register, `fetch`, register, store.
@@ -181,6 +252,7 @@ impl QueryCache {
         plan: &CachePlan<'_>,
         epoch: Option<u64>,
         generations: Vec<Option<u64>>,
+        token_pending: bool,
         fetch: F,
     ) -> Served<P, E>
     where
@@ -195,6 +267,11 @@ impl QueryCache {
         };
         let lease = match self.lease::<P>(plan, &snapshot).await {
             Ok(LeaseResult::Won(lease)) => lease,
+            Ok(LeaseResult::Hit(_)) if token_pending => {
+                self.metrics.bypasses();
+                let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
+                return read_through(fetch, outcome).await;
+            }
             Ok(LeaseResult::Hit(payload)) => {
                 self.metrics.hits();
                 return (Ok(payload), ReadOutcome::Hit);
@@ -214,7 +291,19 @@ impl QueryCache {
             self.release(key, lease).await;
             return self.degrade(error, fetch).await;
         }
-        let fetched = match fetch().await {
+        // On a hot standby the fill is stored only if the standby had
+        // replayed every invalidation already dispatched, read only now that
+        // this fill is registered (`docs/freshness.md`). Read beside the
+        // query once any fill came from a standby.
+        let watch_replay = self.replica_seen.load(Ordering::Relaxed);
+        let (fetched, dispatched) = tokio::join!(fetch(), async {
+            if watch_replay {
+                self.read_dispatched().await
+            } else {
+                None
+            }
+        });
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
                 self.release(key, lease).await;
@@ -224,6 +313,19 @@ impl QueryCache {
         if !fetched.cacheable {
             self.release(key, lease).await;
             return (Ok(fetched.payload), ReadOutcome::NotStored);
+        }
+        if let Some(replayed) = fetched.replayed {
+            self.replica_seen.store(true, Ordering::Relaxed);
+            if dispatched.is_none_or(|dispatched| replayed < dispatched) {
+                self.metrics.replica_behind();
+                tracing::debug!(
+                    replayed,
+                    ?dispatched,
+                    "the standby is behind the invalidator: not stored"
+                );
+                self.release(key, lease).await;
+                return (Ok(fetched.payload), ReadOutcome::ReplicaBehind);
+            }
         }
         let (registered, _) = tokio::join!(
             self.append(&fetched.post_query, key),
@@ -276,10 +378,16 @@ impl QueryCache {
                 return Lookup::Bypass(ReadOutcome::Degraded);
             }
         };
-        if plan.check_heartbeat && !self.heartbeat_fresh(items[2].as_ref()) {
+        let heartbeat = items[2]
+            .as_ref()
+            .and_then(|item| Heartbeat::decode(&item.value));
+        if plan.check_heartbeat && !self.heartbeat_fresh(heartbeat.as_ref()) {
             self.metrics.stale_heartbeat();
             return Lookup::Bypass(ReadOutcome::ReadThrough(ReadThrough::StaleHeartbeat));
         }
+        let token_pending = plan.token.is_some_and(|(token, _)| {
+            heartbeat.is_none_or(|heartbeat| heartbeat.applied_lsn < token.lsn())
+        });
         if let Some(learned_under) = plan.schema_version {
             // A DDL the invalidator applied since the statement was learned
             // may have changed what its text reads (a view redefined, a
@@ -297,6 +405,9 @@ impl QueryCache {
         if let Some(item) = &items[0] {
             match entry::decode_hit::<P>(&item.value) {
                 Some(found) if valid(plan, &found.snapshot, epoch, &generations) => {
+                    if token_pending {
+                        return Lookup::TokenPending;
+                    }
                     return Lookup::Hit(found.payload);
                 }
                 Some(_) => self.metrics.stale_rejections(),
@@ -310,11 +421,12 @@ impl QueryCache {
             epoch,
             generations,
             refused,
+            token_pending,
         }
     }
 
-    fn heartbeat_fresh(&self, item: Option<&Item>) -> bool {
-        let Some(heartbeat) = item.and_then(|i| Heartbeat::decode(&i.value)) else {
+    fn heartbeat_fresh(&self, heartbeat: Option<&Heartbeat>) -> bool {
+        let Some(heartbeat) = heartbeat else {
             return false;
         };
         let now = SystemTime::now()

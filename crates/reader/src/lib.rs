@@ -102,6 +102,7 @@ mod settings;
 mod source;
 mod sql;
 pub mod telemetry;
+mod token;
 
 pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
@@ -115,3 +116,4 @@ pub use query::CachedQuery;
 pub use row::{CachedColumn, CachedRow, ColumnIndex, RawValue};
 pub use source::{ConnectionSource, SourceConnection};
 pub use telemetry::describe_metrics;
+pub use token::{write_token, TokenParseError, WriteToken, WRITE_TOKEN_SQL};

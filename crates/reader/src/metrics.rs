@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     stale_rejections: AtomicU64,
     stores: AtomicU64,
     lease_lost: AtomicU64,
+    replica_behind: AtomicU64,
     oversized: AtomicU64,
     in_transaction_fills: AtomicU64,
     schema_changes: AtomicU64,
@@ -50,6 +51,9 @@ pub struct MetricsSnapshot {
     /// Fills that did not store because their lease was voided in between
     /// (an invalidation won the race).
     pub lease_lost: u64,
+    /// Fills read from a hot standby that had not replayed every
+    /// invalidation already dispatched, so not stored (`docs/freshness.md`).
+    pub replica_behind: u64,
     /// Results not stored because they exceed `max_value_bytes`.
     pub oversized: u64,
     /// Fills not stored because the session was inside a transaction block.
@@ -91,7 +95,7 @@ macro_rules! counters {
 }
 
 counters!(
-    snapshot_only: hits, misses, bypasses, stale_heartbeat, stores, lease_lost;
+    snapshot_only: hits, misses, bypasses, stale_heartbeat, stores, lease_lost, replica_behind;
     with_facade:
         cache_errors => telemetry::CACHE_ERRORS,
         stale_rejections => telemetry::STALE_REJECTIONS,

@@ -11,6 +11,7 @@ use cm_keys::TableName;
 use cm_store::{DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD};
 
 use crate::error::ReaderError;
+use crate::token::WriteToken;
 
 /// A test hook run on the miss path after the query and the post-query
 /// registrations, just before the result is stored. See
@@ -66,6 +67,10 @@ pub struct ReaderOptions {
     /// skips the check, for setups where every table is published and the
     /// reader's role cannot read `pg_publication_tables`.
     pub publication: Option<String>,
+    /// How long a read given a write token ([`QueryOptions::after`]) waits
+    /// for the invalidator to apply it before reading from the database
+    /// (default 1 s; per query: [`QueryOptions::token_wait`]).
+    pub token_wait: Duration,
     /// Test hook, run after a miss's query and before its store; `None` in
     /// production. Lets a test invalidate in that window (the stale-set race).
     pub before_store: Option<BeforeStoreHook>,
@@ -84,6 +89,7 @@ impl fmt::Debug for ReaderOptions {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("inspection_registry", &self.inspection_registry)
             .field("publication", &self.publication)
+            .field("token_wait", &self.token_wait)
             .field("before_store", &self.before_store.is_some())
             .finish()
     }
@@ -102,6 +108,7 @@ impl Default for ReaderOptions {
             statement_cache_capacity: 4096,
             inspection_registry: true,
             publication: Some(DEFAULT_PUBLICATION.to_owned()),
+            token_wait: Duration::from_secs(1),
             before_store: None,
         }
     }
@@ -152,6 +159,8 @@ pub struct QueryOptions {
     pub(crate) no_cache: bool,
     pub(crate) namespace: String,
     pub(crate) extra_tables: Vec<TableName>,
+    pub(crate) after: Option<WriteToken>,
+    pub(crate) token_wait: Option<Duration>,
 }
 
 impl QueryOptions {
@@ -185,6 +194,28 @@ impl QueryOptions {
     /// row-level security, `TimeZone` and `DateStyle` for text conversions.
     pub fn namespace(mut self, namespace: impl Into<String>) -> QueryOptions {
         self.namespace = namespace.into();
+        self
+    }
+
+    /// Read-your-writes: serve this read from the cache only once the
+    /// invalidator has applied everything up to `token` (a write's commit,
+    /// [`crate::write_token`]); until then wait, up to
+    /// [`QueryOptions::token_wait`], then read from the database. A later
+    /// token replaces an earlier one. See `docs/freshness.md`.
+    pub fn after(mut self, token: WriteToken) -> QueryOptions {
+        self.after = Some(token.max(self.after));
+        self
+    }
+
+    /// The token set by [`QueryOptions::after`], if any.
+    pub fn token(&self) -> Option<WriteToken> {
+        self.after
+    }
+
+    /// How long this read waits for its token to be applied (default
+    /// [`ReaderOptions::token_wait`]).
+    pub fn token_wait(mut self, wait: Duration) -> QueryOptions {
+        self.token_wait = Some(wait);
         self
     }
 

@@ -107,12 +107,12 @@ impl Read<'_> {
                 // stored: a pool gets its connection back as soon as the
                 // statement has run.
                 let connection = connection.into_connection().await?;
-                let (payload, keys) =
-                    read_database(&connection, cache, sql, params, make, fill).await?;
+                let read = read_database(&connection, cache, sql, params, make, fill).await?;
                 Ok::<_, ReaderError>(Fetched {
-                    payload,
-                    cacheable: keys.is_some(),
-                    post_query: keys.unwrap_or_default(),
+                    payload: read.payload,
+                    cacheable: read.keys.is_some(),
+                    post_query: read.keys.unwrap_or_default(),
+                    replayed: read.replayed,
                 })
             })
             .await
@@ -175,7 +175,7 @@ impl Read<'_> {
             Err(error) => Err(error),
         };
         let outcome = trace.finish(outcome);
-        result.map(|(payload, _)| (payload, outcome))
+        result.map(|read| (read.payload, outcome))
     }
 }
 
@@ -187,14 +187,27 @@ struct Fill<'a> {
     learned_types: Option<&'a [Type]>,
 }
 
-/// Whether the statement runs in a transaction of its own. Outside a
+/// Whether the statement runs in a transaction of its own, and the replay
+/// position when the server is a hot standby (NULL on a primary). Outside a
 /// transaction block, a simple-protocol query starts its own transaction at
 /// its own start, so both timestamps are the same instant; inside a block
 /// (`BEGIN` sent as SQL) the block started earlier. The extended protocol
 /// would not do: there the transaction starts at Parse and the statement
 /// timestamp moves at Bind. A simple query is sent at its first poll, so it
-/// adds no round trip when pipelined with the query.
-const OUTSIDE_TRANSACTION_BLOCK: &str = "SELECT statement_timestamp() = transaction_timestamp()";
+/// adds no round trip when pipelined with the query. The replay position
+/// taken before the query is one its snapshot has reached
+/// (`docs/freshness.md`).
+const OUTSIDE_TRANSACTION_BLOCK: &str =
+    "SELECT statement_timestamp() = transaction_timestamp(), pg_last_wal_replay_lsn()::text";
+
+/// What [`read_database`] read: the payload; for a fill, the keys of the
+/// rows' objects and FK parents (`None`: do not store) and the standby's
+/// replay position.
+struct DatabaseRead<P> {
+    payload: P,
+    keys: Option<Vec<cm_keys::Key>>,
+    replayed: Option<u64>,
+}
 
 /// Runs the statement on `connection`; for a fill (`fill` with a model),
 /// also the keys of the rows' objects and their FK parents. `None` keys
@@ -209,7 +222,7 @@ async fn read_database<C, P, M>(
     params: &[&(dyn ToSql + Sync)],
     make: M,
     fill: Option<Fill<'_>>,
-) -> Result<(P, Option<Vec<cm_keys::Key>>), ReaderError>
+) -> Result<DatabaseRead<P>, ReaderError>
 where
     C: SourceConnection,
     M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
@@ -222,7 +235,11 @@ where
     let client = connection.client();
     let set = RowSet::capture(statement.columns(), &executed.rows)?;
     let Some(model) = model else {
-        return Ok((make(&executed.rows, set)?, None));
+        return Ok(DatabaseRead {
+            payload: make(&executed.rows, set)?,
+            keys: None,
+            replayed: None,
+        });
     };
     let mut post_query = None;
     if !executed.outside_transaction_block {
@@ -243,14 +260,20 @@ where
         }
     }
     let payload = make(&executed.rows, set)?;
-    Ok((payload, post_query))
+    Ok(DatabaseRead {
+        payload,
+        keys: post_query,
+        replayed: executed.replayed,
+    })
 }
 
 /// The rows, and for a fill whether the session was outside a transaction
-/// block before and after them.
+/// block before and after them, and the standby's replay position before
+/// them (`None` on a primary).
 struct Executed {
     rows: Vec<Row>,
     outside_transaction_block: bool,
+    replayed: Option<u64>,
 }
 
 /// Prepares (through the connection's statement cache, if any) and runs the
@@ -295,6 +318,7 @@ async fn run(
         return Ok(Executed {
             rows,
             outside_transaction_block: false,
+            replayed: None,
         });
     }
     let (before, rows, after) = tokio::join!(
@@ -302,9 +326,11 @@ async fn run(
         client.query(statement, params),
         client.simple_query(OUTSIDE_TRANSACTION_BLOCK),
     );
+    let outside_transaction_block = answered_true(&before) && answered_true(&after);
     Ok(Executed {
         rows: rows?,
-        outside_transaction_block: [before, after].iter().all(answered_true),
+        outside_transaction_block,
+        replayed: replay_position(&before),
     })
 }
 
@@ -324,13 +350,30 @@ fn refused_prepared_statement(error: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Whether a one-value simple query answered `t`; anything else (an error
+/// The answer of one [`OUTSIDE_TRANSACTION_BLOCK`] check.
+type Check = Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>;
+
+/// Whether the check's first column answered `t`; anything else (an error
 /// included) is taken as "no".
-fn answered_true(answer: &Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>) -> bool {
-    let Ok(messages) = answer else {
-        return false;
-    };
-    messages
+fn answered_true(answer: &Check) -> bool {
+    first_row(answer).is_some_and(|row| row.get(0) == Some("t"))
+}
+
+/// The check's replay position: `None` on a primary (NULL), and also when
+/// the check failed or the text does not parse (the failed check already
+/// keeps the fill from being stored).
+fn replay_position(answer: &Check) -> Option<u64> {
+    let text = first_row(answer)?.get(1)?;
+    text.parse::<crate::WriteToken>().ok().map(|lsn| lsn.lsn())
+}
+
+fn first_row(answer: &Check) -> Option<&tokio_postgres::SimpleQueryRow> {
+    answer
+        .as_ref()
+        .ok()?
         .iter()
-        .any(|message| matches!(message, SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
 }

@@ -17,12 +17,13 @@
 //! | `filled` | a miss: queried and stored |
 //! | `not_stored` | a miss: queried, nothing stored (transaction block, too large, a registration or the store failed, the query failed) |
 //! | `lease_lost` | a miss: an invalidation voided the fill first |
+//! | `replica_behind` | a miss read from a hot standby that had not replayed what the invalidator already dispatched: not stored |
 //! | `read_through` | the database without the cache; `reason` below |
 //! | `degraded` | a cache error sent the read to the database |
 //!
 //! These refine the public [`Outcome`] a read returns (e.g. from
-//! `query_with_outcome`): `hit` is [`Outcome::Hit`]; `filled`, `not_stored`
-//! and `lease_lost` are [`Outcome::Miss`]; `read_through` and `degraded` are
+//! `query_with_outcome`): `hit` is [`Outcome::Hit`]; `filled`, `not_stored`,
+//! `lease_lost` and `replica_behind` are [`Outcome::Miss`]; `read_through` and `degraded` are
 //! [`Outcome::Bypass`]. Both come from the one outcome each read ends with.
 //!
 //! `read_through` reasons: `no_cache`, `uncacheable` (the text or the
@@ -30,7 +31,8 @@
 //! or extra table the key cannot hold), `stale_heartbeat` (the cache is
 //! off: the invalidator's heartbeat is older than `max_staleness` or
 //! missing), `schema_changed`, `lease_contended` (another caller held the
-//! fill lease).
+//! fill lease), `token_not_applied` (a read-your-writes token the
+//! invalidator did not apply within the token wait).
 //!
 //! The metric names are the constants below; [`describe_metrics`] gives
 //! the recorder their help text and units.
@@ -94,6 +96,9 @@ pub(crate) enum ReadThrough {
     /// Another caller held the fill lease, or filled it under other
     /// generations, until the reader stopped waiting.
     LeaseContended,
+    /// The read's write token was not applied by the invalidator within
+    /// the token wait.
+    TokenNotApplied,
 }
 
 impl ReadThrough {
@@ -107,6 +112,7 @@ impl ReadThrough {
             ReadThrough::StaleHeartbeat => "stale_heartbeat",
             ReadThrough::SchemaChanged => "schema_changed",
             ReadThrough::LeaseContended => "lease_contended",
+            ReadThrough::TokenNotApplied => "token_not_applied",
         }
     }
 }
@@ -126,6 +132,9 @@ pub(crate) enum ReadOutcome {
     NotStored,
     /// A miss: queried, but an invalidation voided the fill lease first.
     LeaseLost,
+    /// A miss read from a hot standby that had not replayed every
+    /// invalidation already dispatched: not stored.
+    ReplicaBehind,
     /// Went to the database without the cache, for this reason.
     ReadThrough(ReadThrough),
     /// A cache error made the read go to the database.
@@ -140,6 +149,7 @@ impl ReadOutcome {
             ReadOutcome::Filled => "filled",
             ReadOutcome::NotStored => "not_stored",
             ReadOutcome::LeaseLost => "lease_lost",
+            ReadOutcome::ReplicaBehind => "replica_behind",
             ReadOutcome::ReadThrough(_) => "read_through",
             ReadOutcome::Degraded => "degraded",
         }
@@ -149,7 +159,10 @@ impl ReadOutcome {
     pub(crate) fn public(self) -> Outcome {
         match self {
             ReadOutcome::Hit => Outcome::Hit,
-            ReadOutcome::Filled | ReadOutcome::NotStored | ReadOutcome::LeaseLost => Outcome::Miss,
+            ReadOutcome::Filled
+            | ReadOutcome::NotStored
+            | ReadOutcome::LeaseLost
+            | ReadOutcome::ReplicaBehind => Outcome::Miss,
             ReadOutcome::ReadThrough(_) | ReadOutcome::Degraded => Outcome::Bypass,
         }
     }

@@ -3,6 +3,7 @@
 // Each test binary uses its own part of the support code.
 #![allow(dead_code)]
 
+pub mod delay;
 pub mod invalidator;
 pub mod ops;
 pub mod readers;

@@ -1,0 +1,229 @@
+//! Freshness through the cm-invalidator binary (`docs/freshness.md`):
+//! a write token taken after a psql commit, given to the very next read,
+//! never gets the pre-commit result, even while the worker's memcached round
+//! trips are slowed so that the cached result outlives the commit; and a
+//! fill read from a hot standby that has not replayed what the worker
+//! already invalidated is never stored.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_keys::{KeySpace, SchemaConfig};
+use cm_reader::{CachingClient, Outcome, QueryCache, QueryOptions, ReaderOptions, WriteToken};
+use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
+use cm_testkit::{PgReplica, TestEnv};
+
+use support::connect;
+use support::delay::DelayProxy;
+use support::invalidator;
+use support::schema;
+
+const READ: &str = "SELECT name FROM author WHERE id = $1";
+
+/// How long the worker's every request to memcached is held.
+const WORKER_DELAY: Duration = Duration::from_millis(25);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_read_never_returns_the_pre_commit_result_while_the_worker_is_slow() {
+    let env = tokio::task::spawn_blocking(TestEnv::start)
+        .await
+        .unwrap()
+        .unwrap();
+    env.pg.psql(schema::SCHEMA).unwrap();
+    env.pg.psql(&schema::seed_sql()).unwrap();
+    let proxy = DelayProxy::start(env.memcached.addr(), WORKER_DELAY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("invalidator.toml");
+    let prefix = env.memcached.key_prefix().to_owned();
+    let toml = schema::invalidator_toml(
+        &env.pg.url(),
+        &env.pg.unique_name("cm_rw"),
+        proxy.addr(),
+        &prefix,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
+        .await
+        .unwrap();
+    let store: Arc<dyn CacheStore> = Arc::new(
+        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
+            .await
+            .unwrap(),
+    );
+    let space = KeySpace::new(prefix).unwrap();
+    let admin = connect(&env.pg.url()).await;
+    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let cache = Arc::new(
+        QueryCache::discover(
+            &admin,
+            space,
+            store,
+            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
+            ReaderOptions {
+                publication: Some("cm_pub".into()),
+                token_wait: Duration::from_secs(5),
+                ..ReaderOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let reader = CachingClient::new(connect(&env.pg.url()).await, cache);
+    let id = schema::base(0) + 1;
+    name(&reader, id, QueryOptions::new()).await;
+
+    let (mut stale_without_token, mut waited) = (0, 0);
+    for round in 0..20 {
+        let wanted = format!("name {round}");
+        env.pg
+            .psql(&format!(
+                "UPDATE author SET name = '{wanted}' WHERE id = {id}"
+            ))
+            .unwrap();
+        // Any connection, after the commit returned: a separate psql.
+        let token: WriteToken = env
+            .pg
+            .psql(cm_reader::WRITE_TOKEN_SQL)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Without the token the cache may still serve the old name: that
+        // is the window the token must close.
+        let (seen, _) = name(&reader, id, QueryOptions::new()).await;
+        if seen != wanted {
+            stale_without_token += 1;
+        }
+        let (seen, outcome) = name(&reader, id, QueryOptions::new().after(token)).await;
+        assert_eq!(
+            seen, wanted,
+            "round {round}: a read after token {token} returned the pre-commit name ({outcome})"
+        );
+        if outcome != Outcome::Bypass {
+            waited += 1;
+        }
+        // Refill, so the next round starts from a cached old name.
+        name(&reader, id, QueryOptions::new().after(token)).await;
+    }
+    eprintln!("{stale_without_token} of 20 reads without the token were stale; {waited} token reads waited");
+    assert!(
+        stale_without_token > 0,
+        "the slowed worker never left a stale result to read: the test shows nothing"
+    );
+    assert!(
+        waited > 0,
+        "every token read timed out and read through: the applied LSN never caught up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
+    let env = tokio::task::spawn_blocking(TestEnv::start)
+        .await
+        .unwrap()
+        .unwrap();
+    env.pg.psql(schema::SCHEMA).unwrap();
+    env.pg.psql(&schema::seed_sql()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("invalidator.toml");
+    let prefix = env.memcached.key_prefix().to_owned();
+    let toml = schema::invalidator_toml(
+        &env.pg.url(),
+        &env.pg.unique_name("cm_rs"),
+        env.memcached.addr(),
+        &prefix,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
+        .await
+        .unwrap();
+    let store: Arc<dyn CacheStore> = Arc::new(
+        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
+            .await
+            .unwrap(),
+    );
+    let space = KeySpace::new(prefix).unwrap();
+    let admin = connect(&env.pg.url()).await;
+    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let replica = tokio::task::block_in_place(|| PgReplica::start(&env.pg)).unwrap();
+    let standby = connect(&replica.url()).await;
+    let cache = Arc::new(
+        QueryCache::discover(
+            &standby,
+            space.clone(),
+            store.clone(),
+            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
+            ReaderOptions {
+                publication: Some("cm_pub".into()),
+                ..ReaderOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let reader = CachingClient::new(standby, cache.clone());
+    let id = schema::base(0) + 1;
+    // The first fill from a standby learns that it is one (and is not
+    // stored: the dispatched LSN was not read beside it); the next stores.
+    let mut primed = false;
+    for _ in 0..3 {
+        name(&reader, id, QueryOptions::new()).await;
+        if name(&reader, id, QueryOptions::new()).await.1 == Outcome::Hit {
+            primed = true;
+            break;
+        }
+    }
+    assert!(
+        primed,
+        "a standby that has replayed everything never filled the cache"
+    );
+
+    replica.pause_replay().unwrap();
+    env.pg
+        .psql(&format!("UPDATE author SET name = 'after' WHERE id = {id}"))
+        .unwrap();
+    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let behind = cache.metrics().replica_behind;
+    let (seen, outcome) = name(&reader, id, QueryOptions::new()).await;
+    assert_ne!(
+        seen, "after",
+        "the paused standby cannot have the update yet"
+    );
+    assert_eq!(outcome, Outcome::Miss, "the worker deleted the cached name");
+    assert_eq!(
+        cache.metrics().replica_behind,
+        behind + 1,
+        "the standby's fill was stored"
+    );
+
+    replica.resume_replay().unwrap();
+    let primary_lsn = replica.primary_lsn().unwrap();
+    tokio::task::block_in_place(|| replica.wait_for_replay(primary_lsn, Duration::from_secs(30)))
+        .unwrap();
+    let (seen, _) = name(&reader, id, QueryOptions::new()).await;
+    assert_eq!(
+        seen, "after",
+        "a stale fill from the paused standby was served"
+    );
+    let (seen, outcome) = name(&reader, id, QueryOptions::new()).await;
+    assert_eq!((seen.as_str(), outcome), ("after", Outcome::Hit));
+}
+
+/// The author's name through the cache, and how it was served.
+async fn name(reader: &CachingClient, id: i32, options: QueryOptions) -> (String, Outcome) {
+    let (rows, outcome) = reader
+        .with(options)
+        .query_with_outcome(READ, &[&id])
+        .await
+        .unwrap();
+    (rows[0].get::<String>(0), outcome)
+}
