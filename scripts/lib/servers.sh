@@ -7,10 +7,13 @@
 CM_SERVERS_PID=
 
 # Starts the servers, waits for their env file (max 120 s) and sources it.
-#   cm_start_test_servers DIR [--result-server]
+#   cm_start_test_servers DIR [--result-server] [--extra-memcached N]
 # DIR receives `env` and `servers.log`. The memcached runs with -M (it never
 # evicts, as metadata servers must not); --result-server adds a memcached that
-# evicts, for results, exported as CM_TEST_MEMCACHED_RESULTS.
+# evicts, for results, exported as CM_TEST_MEMCACHED_RESULTS;
+# --extra-memcached N adds N more -M memcached servers, exported
+# comma-separated as CM_TEST_MEMCACHED_EXTRA. CM_SERVERS_PID is the
+# starter's pid (memcached runs as its child; pg_ctl detaches PostgreSQL).
 # With CM_TEST_SERVERS_BIN set (a built cm-test-servers), runs that binary
 # instead of `cargo run` (which would build the debug profile).
 cm_start_test_servers() {
@@ -46,6 +49,9 @@ cm_start_test_servers() {
     export CM_TEST_PG_URL CM_TEST_MEMCACHED
     if [[ -n ${CM_TEST_MEMCACHED_RESULTS:-} ]]; then
         export CM_TEST_MEMCACHED_RESULTS
+    fi
+    if [[ -n ${CM_TEST_MEMCACHED_EXTRA:-} ]]; then
+        export CM_TEST_MEMCACHED_EXTRA
     fi
 }
 

@@ -197,6 +197,50 @@ pub fn parse_histogram(exposition: &str, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The buckets of a labelled Prometheus histogram `name`, per value of
+/// `label` (e.g. `stage` of `cm_invalidator_stage_seconds{stage="apply"}`):
+/// `(le, cumulative count)` pairs in the order given, as
+/// [`parse_histogram`] returns them for an unlabelled one. The label
+/// values come in the order they first appear (the exporter's order).
+/// Empty when the exposition has no such histogram.
+pub fn parse_labelled_histograms(
+    exposition: &str,
+    name: &str,
+    label: &str,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let mut group = None;
+        let mut le = None;
+        for pair in labels.split(',') {
+            let Some((key, quoted)) = pair.split_once('=') else {
+                continue;
+            };
+            let text = quoted.trim().trim_matches('"');
+            match key.trim() {
+                "le" if text == "+Inf" => le = Some(f64::INFINITY),
+                "le" => le = text.parse().ok(),
+                key if key == label => group = Some(text.to_owned()),
+                _ => {}
+            }
+        }
+        if let (Some(group), Some(le), Ok(count)) = (group, le, value.trim().parse::<f64>()) {
+            match out.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, buckets)) => buckets.push((le, count)),
+                None => out.push((group, vec![(le, count)])),
+            }
+        }
+    }
+    out
+}
+
 /// The value of an unlabelled sample `name` in a Prometheus exposition.
 pub fn parse_sample(exposition: &str, name: &str) -> Option<f64> {
     exposition.lines().find_map(|line| {
@@ -266,6 +310,97 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Parent pid (`/proc/PID/stat`, field 4) of process `pid`.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system) used so far by process `pid` and by its
+/// children that it has waited for (`cutime`, `cstime`), in seconds.
+fn cpu_seconds_with_reaped(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let mut ticks = 0.0;
+    for index in 11..=14 {
+        ticks += fields.get(index)?.parse::<f64>().ok()?;
+    }
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds used so far by the processes `roots` and all their
+/// descendants, including descendants that exited and were waited for by
+/// a process of the tree. Each process is counted once, also when roots
+/// overlap.
+pub fn tree_cpu_seconds(roots: &[u32]) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    let parents: Vec<(u32, u32)> = pids
+        .iter()
+        .filter_map(|&pid| Some((pid, parent_pid(pid)?)))
+        .collect();
+    let mut tree: std::collections::BTreeSet<u32> = roots.iter().copied().collect();
+    loop {
+        let before = tree.len();
+        for (pid, parent) in &parents {
+            if tree.contains(parent) {
+                tree.insert(*pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree.iter()
+        .filter_map(|&pid| cpu_seconds_with_reaped(pid))
+        .sum()
+}
+
+/// Busy CPU seconds of the whole machine since boot, from the `cpu` line
+/// of a `/proc/stat` text: user, nice, system, irq, softirq and steal
+/// (guest time is already inside user); idle and iowait are not busy.
+pub fn busy_cpu_seconds(proc_stat: &str) -> Option<f64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| fields.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>();
+    Some(busy / 100.0)
+}
+
+/// The 1-minute load average from a `/proc/loadavg` text.
+pub fn load_1min(loadavg: &str) -> Option<f64> {
+    loadavg.split_whitespace().next()?.parse().ok()
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 /// Pids of processes whose command name (`/proc/PID/comm`) is `comm`.
 pub fn pids_named(comm: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -304,6 +439,65 @@ mod tests {
             url_with_database("postgres://u@h:1?sslmode=disable", "b").as_deref(),
             Some("postgres://u@h:1/b?sslmode=disable")
         );
+    }
+
+    #[test]
+    fn labelled_histograms_parse_per_label_value() {
+        let text = "s_bucket{stage=\"decode\",le=\"0.001\"} 2\n\
+                    s_bucket{stage=\"decode\",le=\"+Inf\"} 3\n\
+                    s_bucket{le=\"0.001\",stage=\"apply\"} 5\n\
+                    s_bucket{le=\"+Inf\",stage=\"apply\"} 7\n\
+                    s_sum{stage=\"apply\"} 1\n\
+                    other_bucket{stage=\"x\",le=\"1\"} 9\n";
+        let stages = parse_labelled_histograms(text, "s", "stage");
+        assert_eq!(
+            stages,
+            vec![
+                (
+                    "decode".to_owned(),
+                    vec![(0.001, 2.0), (f64::INFINITY, 3.0)]
+                ),
+                ("apply".to_owned(), vec![(0.001, 5.0), (f64::INFINITY, 7.0)]),
+            ]
+        );
+        assert!(parse_labelled_histograms(text, "missing", "stage").is_empty());
+    }
+
+    #[test]
+    fn machine_load_parses() {
+        let stat = "cpu  100 10 50 1000 20 5 5 0 7 0\ncpu0 50 5 25 500 10 2 2 0 0 0\n";
+        // user + nice + system + irq + softirq + steal, in ticks of 1/100 s.
+        assert_eq!(busy_cpu_seconds(stat), Some(1.7));
+        assert_eq!(busy_cpu_seconds("intr 1 2 3\n"), None);
+        assert_eq!(load_1min("1.25 0.80 0.50 2/300 1234\n"), Some(1.25));
+    }
+
+    #[test]
+    fn medians_take_the_middle() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_root() {
+        let me = std::process::id();
+        // Burn a little CPU (bounded), so that the root has some to count.
+        let mut spin = 0_u64;
+        for i in 0..50_000_000_u64 {
+            spin = spin.wrapping_add(i.wrapping_mul(i));
+            if i % 1_000_000 == 0 && cpu_seconds(me).unwrap_or(0.0) >= 0.05 {
+                break;
+            }
+        }
+        assert_ne!(spin, 1);
+        let own = cpu_seconds(me).unwrap_or(0.0);
+        assert!(own > 0.0);
+        let once = tree_cpu_seconds(&[me]);
+        assert!(once >= own);
+        // Counted once, though named twice.
+        assert!(tree_cpu_seconds(&[me, me]) < once + own / 2.0);
+        assert_eq!(tree_cpu_seconds(&[]), 0.0);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! `cm-test-servers --env-file PATH [--result-server]`: starts one PostgreSQL
-//! cluster and one memcached (`-M`: it never evicts, as the cache's metadata
-//! servers must not) for a whole test run, plus with `--result-server` a
-//! second memcached that evicts, for results (`export
-//! CM_TEST_MEMCACHED_RESULTS=...`); writes `export CM_TEST_PG_URL=...` and
-//! `export CM_TEST_MEMCACHED=...` to PATH (atomically), prints the same
-//! lines, and keeps both servers up until SIGTERM, SIGINT or SIGHUP (or until
-//! its parent process goes away), then stops them and exits 0.
+//! `cm-test-servers --env-file PATH [--result-server] [--extra-memcached N]`:
+//! starts one PostgreSQL cluster and one memcached (`-M`: it never evicts, as
+//! the cache's metadata servers must not) for a whole test run, plus with
+//! `--result-server` a second memcached that evicts, for results (`export
+//! CM_TEST_MEMCACHED_RESULTS=...`), and with `--extra-memcached N` N more
+//! `-M` memcached servers, so that a store can be configured with several
+//! servers (`export CM_TEST_MEMCACHED_EXTRA=host:port,host:port`); writes
+//! `export CM_TEST_PG_URL=...` and `export CM_TEST_MEMCACHED=...` to PATH
+//! (atomically), prints the same lines, and keeps the servers up until
+//! SIGTERM, SIGINT or SIGHUP (or until its parent process goes away), then
+//! stops them and exits 0.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,15 +20,24 @@ use cm_testkit::{
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: cm-test-servers --env-file PATH [--result-server]";
+const USAGE: &str =
+    "usage: cm-test-servers --env-file PATH [--result-server] [--extra-memcached N]";
 
 /// The variable naming the result server started by `--result-server`.
 const ENV_RESULTS: &str = "CM_TEST_MEMCACHED_RESULTS";
+
+/// The variable listing the servers started by `--extra-memcached N`,
+/// comma-separated.
+const ENV_EXTRA: &str = "CM_TEST_MEMCACHED_EXTRA";
+
+/// The most `--extra-memcached` starts.
+const MAX_EXTRA: usize = 8;
 
 /// What the command line asks for.
 struct Args {
     env_file: PathBuf,
     result_server: bool,
+    extra_memcached: usize,
 }
 
 fn main() -> ExitCode {
@@ -48,9 +60,14 @@ fn main() -> ExitCode {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut env_file = None;
     let mut result_server = false;
+    let mut extra_memcached = 0;
     while let Some(arg) = args.next() {
         if arg == "--result-server" {
             result_server = true;
+        } else if arg == "--extra-memcached" {
+            extra_memcached = parse_extra(&args.next().ok_or("--extra-memcached needs a count")?)?;
+        } else if let Some(count) = arg.strip_prefix("--extra-memcached=") {
+            extra_memcached = parse_extra(count)?;
         } else if arg == "--env-file" {
             env_file = Some(args.next().ok_or("--env-file needs a path")?);
         } else if let Some(path) = arg.strip_prefix("--env-file=") {
@@ -65,8 +82,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         Some(path) if !path.is_empty() => Ok(Args {
             env_file: PathBuf::from(path),
             result_server,
+            extra_memcached,
         }),
         _ => Err("--env-file is required".to_string()),
+    }
+}
+
+/// The count of `--extra-memcached`: 0 to [`MAX_EXTRA`].
+fn parse_extra(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= MAX_EXTRA => Ok(n),
+        _ => Err(format!(
+            "--extra-memcached takes a count from 0 to {MAX_EXTRA}, not `{text}`"
+        )),
     }
 }
 
@@ -89,6 +117,9 @@ fn run(args: &Args) -> Result<(), TestkitError> {
         })?),
         false => None,
     };
+    let extra = (0..args.extra_memcached)
+        .map(|_| MemcachedServer::start())
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut text = format!(
         "export {ENV_PG_URL}='{}'\nexport {ENV_MEMCACHED}='{}'\n",
@@ -97,6 +128,10 @@ fn run(args: &Args) -> Result<(), TestkitError> {
     );
     if let Some(results) = &results {
         text.push_str(&format!("export {ENV_RESULTS}='{}'\n", results.addr()));
+    }
+    if !extra.is_empty() {
+        let addrs: Vec<String> = extra.iter().map(MemcachedServer::addr).collect();
+        text.push_str(&format!("export {ENV_EXTRA}='{}'\n", addrs.join(",")));
     }
     write_atomically(env_file, &text)?;
     print!("{text}");
@@ -113,6 +148,7 @@ fn run(args: &Args) -> Result<(), TestkitError> {
     }
 
     let _ = std::fs::remove_file(env_file);
+    drop(extra);
     drop(results);
     drop(memcached);
     drop(pg);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cm_bench::{
-    cpu_seconds, histogram_quantile, parse_histogram, parse_sample, percentile, pids_named,
-    url_with_database, vm_hwm_kib, vm_rss_kib,
+    cpu_seconds, histogram_quantile, parent_pid, parse_histogram, parse_labelled_histograms,
+    parse_sample, percentile, pids_named, url_with_database, vm_hwm_kib, vm_rss_kib,
 };
 use cm_keys::{CanonicalValue, Key, KeySpace, TableName};
 use cm_pgoutput::Lsn;
@@ -22,15 +22,24 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::util::{
     env_required, env_u64, free_port, memcached_stat, pg_program, scrape, signal, start_profile,
-    Profile, Results,
+    Hogs, PhaseLoad, Profile, Results,
 };
 
-/// Authors (and 20 books each) of the reader phase's 20-row query.
-pub(crate) const AUTHORS: i32 = 1000;
+/// Authors (and 20 books each) of the reader phase: the first
+/// [`MIX_AUTHORS`] are read by the hit path and the 95/5 mix, the rest
+/// once each by the misses.
+pub(crate) const AUTHORS: i32 = 4000;
+/// Authors whose books the hit path and the 95/5 mix read and write.
+pub(crate) const MIX_AUTHORS: i32 = 1000;
 /// Books per author: the rows of the reader phase's query.
 pub(crate) const BOOKS_PER_AUTHOR: i32 = 20;
+/// Orders per book (`book_order`), read by the heavy query's join.
+pub(crate) const ORDERS_PER_BOOK: i32 = 5;
 
 const HISTOGRAM: &str = "cm_invalidator_commit_to_invalidated_seconds";
+/// Per-stage histograms of the wait between commit and invalidation, one
+/// per value of the `stage` label, when the invalidator exports them.
+const STAGE_HISTOGRAM: &str = "cm_invalidator_stage_seconds";
 /// Rows at the end of the table that only the lag probes touch.
 const PROBE_ROWS: u64 = 1000;
 
@@ -50,16 +59,48 @@ pub(crate) struct Bench {
     pub(crate) db: Client,
     pub(crate) results: Results,
     rows: u64,
+    /// Names the run's database, slots and prefixes.
+    tag: String,
+    /// The roots of our process trees (this bench, the test servers,
+    /// PostgreSQL's postmaster): what is not under them is other load.
+    pub(crate) own_roots: Vec<u32>,
+    /// PostgreSQL's postmaster: its tree is the database's CPU.
+    pub(crate) postmaster: Option<u32>,
+}
+
+/// A worker of its own for readers on other memcached servers than the
+/// bench's: its config, slot, key space and store (see
+/// [`Bench::start_sidecar`]).
+pub(crate) struct Sidecar {
+    worker: Worker,
+    slot: String,
+    /// The key space its readers use (its prefix).
+    pub(crate) space: KeySpace,
+    /// Its memcached servers, as a store.
+    pub(crate) store: Arc<dyn CacheStore>,
+}
+
+/// One lag run's settings.
+struct LagRun<'a> {
+    /// `quiet` or `busy`.
+    mode: &'a str,
+    rate: u64,
+    seconds: u64,
+    writers: u64,
+    /// CPU-bound processes started beside the run.
+    hogs: u64,
+    /// Whether perf records the worker through it.
+    profile: bool,
 }
 
 /// A running `cm-invalidator run`, killed when dropped.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     pid: u32,
 }
 
 impl Worker {
-    fn stop(mut self) -> Result<()> {
+    pub(crate) fn stop(mut self) -> Result<()> {
         signal(self.pid, "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -128,15 +169,23 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
          CREATE INDEX book_author ON book(author_id);
          INSERT INTO author SELECT a, 'author ' || a FROM generate_series(0, {authors} - 1) a;
          INSERT INTO book SELECT b, b / {per_author}, 'the title of book number ' || b, b % 97,
-             date '2020-01-01' + (b % 1000) FROM generate_series(0, {authors} * {per_author} - 1) b;",
+             date '2020-01-01' + (b % 1000) FROM generate_series(0, {authors} * {per_author} - 1) b;
+         CREATE TABLE book_order(id int PRIMARY KEY, book_id int NOT NULL REFERENCES book(id),
+                                 quantity int NOT NULL, ordered_on date NOT NULL);
+         INSERT INTO book_order SELECT o, (o::bigint * 7919) % ({authors} * {per_author}),
+             1 + o % 5, date '2024-01-01' + (o % 365)
+             FROM generate_series(0, {authors} * {per_author} * {per_book} - 1) o;
+         CREATE INDEX book_order_book ON book_order(book_id);",
         groups = table_rows / 100,
         last = table_rows - 1,
         authors = AUTHORS,
         per_author = BOOKS_PER_AUTHOR,
+        per_book = ORDERS_PER_BOOK,
     ))
     .await?;
-    db.batch_execute("VACUUM ANALYZE item").await?;
-    db.batch_execute("VACUUM ANALYZE book").await?;
+    for table in ["item", "author", "book", "book_order"] {
+        db.batch_execute(&format!("VACUUM ANALYZE {table}")).await?;
+    }
     results.put("load.rows", table_rows)?;
     results.put(
         "load.seconds",
@@ -148,16 +197,28 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
     let slot = format!("cmb_{tag}");
     let publication = format!("cmb_{tag}");
     let config = work.join(format!("invalidator-{tag}.toml"));
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "[postgres]\nurl = '{db_url}'\nslot = '{slot}'\npublication = '{publication}'\n\
-             publish_tables = ['public.item', 'public.grp', 'public.author', 'public.book']\n\
-             [cache]\nservers = ['{memcached}']\nprefix = '{prefix}'\ntimeout_ms = 1000\n\
-             [worker]\nheartbeat_interval_ms = 100\nstatus_interval_ms = 100\n\
-             [metrics]\nlisten = '127.0.0.1:{port}'\n[log]\nlevel = 'warn'\n"
-        ),
+        &WorkerConfig {
+            db_url: &db_url,
+            slot: &slot,
+            publication: &publication,
+            servers: std::slice::from_ref(&memcached),
+            prefix: &prefix,
+            metrics: &format!("127.0.0.1:{port}"),
+        },
     )?;
+    let postmaster = match db.query_one("SELECT pg_backend_pid()", &[]).await {
+        Ok(row) => u32::try_from(row.get::<_, i32>(0))
+            .ok()
+            .and_then(parent_pid),
+        Err(_) => None,
+    };
+    let mut own_roots = vec![std::process::id()];
+    own_roots.extend(postmaster);
+    if let Ok(Ok(pid)) = std::env::var("CM_BENCH_SERVERS_PID").map(|p| p.trim().parse::<u32>()) {
+        own_roots.push(pid);
+    }
     let mut memcached_config = MemcachedConfig::new([memcached.clone()]);
     memcached_config.timeout = Duration::from_secs(2);
     let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(memcached_config).await?);
@@ -175,6 +236,9 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
         db,
         results,
         rows,
+        tag,
+        own_roots,
+        postmaster,
     };
     bench
         .results
@@ -182,9 +246,13 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
         .and_then(|()| bench.results.put("run.database", &database))?;
 
     let evictions_before = memcached_stat(&bench.memcached, "evictions").await?;
+    let phase = bench.phase("throughput");
     let worker = bench.throughput().await?;
+    phase.finish(&bench.results)?;
     worker.stop()?;
+    let phase = bench.phase("memory");
     let worker = bench.memory(memory_rows).await?;
+    phase.finish(&bench.results)?;
     let worker = bench.lag(worker).await?;
     // The reader phase runs while the lag phase's worker is still up.
     let reader_result = crate::reader::run(&bench).await;
@@ -201,7 +269,155 @@ pub async fn run(bin: &Path, out: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a worker's config file names.
+struct WorkerConfig<'a> {
+    db_url: &'a str,
+    slot: &'a str,
+    publication: &'a str,
+    servers: &'a [String],
+    prefix: &'a str,
+    metrics: &'a str,
+}
+
+/// Writes a `cm-invalidator` config file: the bench's tables, fast
+/// heartbeats and status, warnings only.
+fn write_config(path: &Path, c: &WorkerConfig<'_>) -> Result<()> {
+    let servers: Vec<String> = c.servers.iter().map(|s| format!("'{s}'")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "[postgres]\nurl = '{}'\nslot = '{}'\npublication = '{}'\n\
+             publish_tables = ['public.item', 'public.grp', 'public.author', 'public.book', \
+             'public.book_order']\n\
+             [cache]\nservers = [{}]\nprefix = '{}'\ntimeout_ms = 1000\n\
+             [worker]\nheartbeat_interval_ms = 100\nstatus_interval_ms = 100\n\
+             [metrics]\nlisten = '{}'\n[log]\nlevel = 'warn'\n",
+            c.db_url,
+            c.slot,
+            c.publication,
+            servers.join(", "),
+            c.prefix,
+            c.metrics,
+        ),
+    )?;
+    Ok(())
+}
+
 impl Bench {
+    /// Starts taking the machine's load over phase `name`.
+    pub(crate) fn phase(&self, name: &str) -> PhaseLoad {
+        PhaseLoad::start(name, &self.own_roots)
+    }
+
+    /// CPU seconds used so far by PostgreSQL (every process of the test
+    /// cluster, and the backends it has reaped); `None` when the
+    /// postmaster is not known.
+    pub(crate) fn postgres_cpu_seconds(&self) -> Option<f64> {
+        self.postmaster
+            .map(|pid| cm_bench::tree_cpu_seconds(&[pid]))
+    }
+
+    /// Waits until the worker writing the heartbeat of `space` in `store`
+    /// has applied everything committed so far (its heartbeat LSN passes
+    /// the current WAL position), so that no invalidation of an earlier
+    /// write lands in what is timed next.
+    pub(crate) async fn settle(
+        &self,
+        store: &dyn CacheStore,
+        space: &KeySpace,
+        timeout: Duration,
+    ) -> Result<()> {
+        let lsn = self.current_lsn().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let heartbeat = read_heartbeat(store, space).await?;
+            if heartbeat.is_some_and(|h| h.lsn > lsn.0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the worker of {} did not pass {lsn} within {timeout:?}",
+                    space.prefix()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Starts a second worker, with its own slot and prefix, on `servers`
+    /// (every key hashed over them, as the store routes them), and waits
+    /// until its heartbeat is fresh: what a reader on those servers needs.
+    pub(crate) async fn start_sidecar(&self, name: &str, servers: &[String]) -> Result<Sidecar> {
+        let slot = format!("cmb_{}_{name}", self.tag);
+        let prefix = format!("cmb{}{name}", self.tag);
+        let config = self
+            .work
+            .join(format!("invalidator-{}-{name}.toml", self.tag));
+        write_config(
+            &config,
+            &WorkerConfig {
+                db_url: &self.db_url,
+                slot: &slot,
+                publication: &self.publication,
+                servers,
+                prefix: &prefix,
+                metrics: &format!("127.0.0.1:{}", free_port()?),
+            },
+        )?;
+        self.setup(&config)?;
+        let mut memcached_config = MemcachedConfig::new(servers.iter().cloned());
+        memcached_config.timeout = Duration::from_secs(2);
+        let store: Arc<dyn CacheStore> = Arc::new(MemcachedStore::connect(memcached_config).await?);
+        let worker = self.spawn_worker_with(&config, &format!("worker-{name}.log"))?;
+        let sidecar = Sidecar {
+            worker,
+            slot,
+            space: KeySpace::new(prefix)?,
+            store,
+        };
+        self.settle(
+            sidecar.store.as_ref(),
+            &sidecar.space,
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(sidecar)
+    }
+
+    /// Stops a sidecar worker and drops its slot.
+    pub(crate) async fn stop_sidecar(&self, sidecar: Sidecar) -> Result<()> {
+        sidecar.worker.stop()?;
+        // The slot may stay active for a moment after its walsender's client went away.
+        for _ in 0..50 {
+            let dropped = self
+                .db
+                .execute("SELECT pg_drop_replication_slot($1)", &[&sidecar.slot])
+                .await;
+            if dropped.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("  note: slot {} not dropped", sidecar.slot);
+        Ok(())
+    }
+
+    /// `cm-invalidator --config CONFIG setup`.
+    fn setup(&self, config: &Path) -> Result<()> {
+        let setup = Command::new(&self.bin)
+            .arg("--config")
+            .arg(config)
+            .arg("setup")
+            .output()?;
+        if !setup.status.success() {
+            bail!(
+                "cm-invalidator setup: {}",
+                String::from_utf8_lossy(&setup.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn object(&self, id: u64) -> Key {
         self.space.object(
             &TableName::new("public", "item"),
@@ -316,10 +532,14 @@ impl Bench {
     }
 
     fn spawn_worker(&self, log_name: &str) -> Result<Worker> {
+        self.spawn_worker_with(&self.config, log_name)
+    }
+
+    fn spawn_worker_with(&self, config: &Path, log_name: &str) -> Result<Worker> {
         let log = std::fs::File::create(self.work.join(log_name))?;
         let child = Command::new(&self.bin)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -369,17 +589,7 @@ impl Bench {
         r.put("throughput.transactions", transactions)?;
 
         eprintln!("==> throughput: slots, cached sample");
-        let setup = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("setup")
-            .output()?;
-        if !setup.status.success() {
-            bail!(
-                "cm-invalidator setup: {}",
-                String::from_utf8_lossy(&setup.stderr)
-            );
-        }
+        self.setup(&self.config)?;
         let second = format!("{}_recv", self.slot);
         self.db
             .execute(
@@ -605,8 +815,9 @@ impl Bench {
     }
 
     async fn lag(&self, mut worker: Worker) -> Result<Worker> {
-        let seconds = env_u64("CM_BENCH_LAG_SECONDS", 30)?;
+        let seconds = env_u64("CM_BENCH_LAG_SECONDS", 15)?;
         let writers = env_u64("CM_BENCH_WRITERS", 4)?.max(1);
+        let hogs = env_u64("CM_BENCH_LAG_HOGS", 2)?;
         let rates: Vec<u64> = std::env::var("CM_BENCH_LAG_RATES")
             .unwrap_or_else(|_| "1000,5000".to_owned())
             .split(',')
@@ -616,80 +827,170 @@ impl Bench {
         let r = &self.results;
         r.put("lag.seconds", seconds)?;
         r.put("lag.writers", writers)?;
-        // The worker is profiled at the highest rate only (it has no
-        // target): perf's own cost grows with the worker's thread switches,
-        // so it is never attached while the throughput or the 1,000 tx/s
-        // lag is measured.
-        let profiled_rate = rates.iter().copied().max();
-        for rate in rates {
-            eprintln!("==> lag: {rate} tx/s for {seconds} s");
-            // Rows that sit in cached results, so writes really delete.
-            self.cache_sample(&format!("lag{rate}"), self.rows - PROBE_ROWS, 100)
-                .await?;
-            let before = scrape(&self.metrics).await?;
-            let cpu_before = cpu_seconds(worker.pid);
-            let profile = if profiled_rate == Some(rate) {
-                start_profile(worker.pid, &self.work)?
-            } else {
-                None
-            };
-            let (achieved, probes) = self.paced_load(rate, seconds, writers).await?;
-            let end = self.current_lsn().await?;
-            self.wait_applied(&mut worker, end, Duration::from_secs(300))
-                .await?;
-            if let Some(Ok(text)) = profile.map(Profile::finish) {
-                r.put("lag.profile_rate", rate)?;
-                r.put_text("lag.profile", &text)?;
-            }
-            let after = scrape(&self.metrics).await?;
-            let cpu_after = cpu_seconds(worker.pid);
-            let key = format!("lag.{rate}");
-            r.put(&format!("{key}.achieved_tps"), format!("{achieved:.0}"))?;
-            let (b, a) = (
-                parse_histogram(&before, HISTOGRAM),
-                parse_histogram(&after, HISTOGRAM),
-            );
-            let count = a.last().map_or(0.0, |x| x.1) - b.last().map_or(0.0, |x| x.1);
-            r.put(&format!("{key}.hist_count"), count)?;
-            let largest = a
+        r.put(
+            "lag.rates",
+            rates
                 .iter()
-                .map(|(le, _)| *le)
-                .filter(|le| le.is_finite())
-                .fold(0.0, f64::max);
-            for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
-                if let Some(v) = histogram_quantile(&b, &a, q) {
-                    // Past the largest finite bucket the histogram only says "more".
-                    let text = if v >= largest {
-                        format!(">{:.0}", largest * 1e3)
-                    } else {
-                        format!("{:.3}", v * 1e3)
-                    };
-                    r.put(&format!("{key}.hist_{name}_ms"), text)?;
-                }
-            }
-            let mut sorted: Vec<f64> = probes.iter().filter_map(|p| *p).collect();
-            sorted.sort_by(f64::total_cmp);
-            r.put(&format!("{key}.probes"), probes.len())?;
-            r.put(
-                &format!("{key}.probe_timeouts"),
-                probes.iter().filter(|p| p.is_none()).count(),
-            )?;
-            for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
-                if let Some(v) = percentile(&sorted, q) {
-                    r.put(&format!("{key}.probe_{name}_ms"), format!("{v:.3}"))?;
-                }
-            }
-            if let Some(max) = sorted.last() {
-                r.put(&format!("{key}.probe_max_ms"), format!("{max:.3}"))?;
-            }
-            if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
-                r.put(
-                    &format!("{key}.invalidator_cpu_pct"),
-                    format!("{:.0}", (a - b) / seconds.max(1) as f64 * 100.0),
-                )?;
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )?;
+        r.put("lag.hogs", hogs)?;
+        let modes: &[(&str, u64)] = if hogs > 0 {
+            &[("quiet", 0), ("busy", hogs)]
+        } else {
+            &[("quiet", 0)]
+        };
+        // The worker is profiled in one run only, the last mode's highest
+        // rate (busy when there is one: its figures have no target):
+        // perf's own cost grows with the worker's thread switches, so it
+        // is never attached while the throughput or a quiet lag with a
+        // target is measured.
+        let profiled = modes
+            .last()
+            .map(|(mode, _)| *mode)
+            .zip(rates.iter().copied().max());
+        for &(mode, hogs) in modes {
+            for &rate in &rates {
+                let profile = profiled == Some((mode, rate));
+                let run = LagRun {
+                    mode,
+                    rate,
+                    seconds,
+                    writers,
+                    hogs,
+                    profile,
+                };
+                let phase = self.phase(&format!("lag_{mode}_{rate}"));
+                self.lag_run(&mut worker, &run).await?;
+                phase.finish(r)?;
             }
         }
         Ok(worker)
+    }
+
+    /// One lag run: the paced writers and the poller at one rate, with
+    /// `hogs` CPU-bound processes beside them (busy) or none (quiet).
+    /// Records `lag.MODE.RATE.*`.
+    async fn lag_run(&self, worker: &mut Worker, run: &LagRun<'_>) -> Result<()> {
+        let r = &self.results;
+        let (mode, rate) = (run.mode, run.rate);
+        eprintln!(
+            "==> lag ({mode}, {} CPU hogs): {rate} tx/s for {} s",
+            run.hogs, run.seconds
+        );
+        // Rows that sit in cached results, so writes really delete.
+        self.cache_sample(&format!("lag{mode}{rate}"), self.rows - PROBE_ROWS, 100)
+            .await?;
+        let before = scrape(&self.metrics).await?;
+        let cpu_before = cpu_seconds(worker.pid);
+        let profile = if run.profile {
+            start_profile(worker.pid, &self.work)?
+        } else {
+            None
+        };
+        let hogs = Hogs::start(run.hogs)?;
+        let (achieved, probes) = self.paced_load(rate, run.seconds, run.writers).await?;
+        let end = self.current_lsn().await?;
+        self.wait_applied(worker, end, Duration::from_secs(300))
+            .await?;
+        let hogs_share = hogs.cpu_share();
+        drop(hogs);
+        if let Some(Ok(text)) = profile.map(Profile::finish) {
+            r.put("lag.profile_rate", rate)?;
+            r.put("lag.profile_mode", mode)?;
+            r.put_text("lag.profile", &text)?;
+        }
+        let after = scrape(&self.metrics).await?;
+        let cpu_after = cpu_seconds(worker.pid);
+        let key = format!("lag.{mode}.{rate}");
+        r.put(&format!("{key}.achieved_tps"), format!("{achieved:.0}"))?;
+        let (b, a) = (
+            parse_histogram(&before, HISTOGRAM),
+            parse_histogram(&after, HISTOGRAM),
+        );
+        let count = a.last().map_or(0.0, |x| x.1) - b.last().map_or(0.0, |x| x.1);
+        r.put(&format!("{key}.hist_count"), count)?;
+        self.put_quantiles(&format!("{key}.hist"), &b, &a)?;
+        self.put_stages(&key, &before, &after)?;
+        let mut sorted: Vec<f64> = probes.iter().filter_map(|p| *p).collect();
+        sorted.sort_by(f64::total_cmp);
+        r.put(&format!("{key}.probes"), probes.len())?;
+        r.put(
+            &format!("{key}.probe_timeouts"),
+            probes.iter().filter(|p| p.is_none()).count(),
+        )?;
+        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            if let Some(v) = percentile(&sorted, q) {
+                r.put(&format!("{key}.probe_{name}_ms"), format!("{v:.3}"))?;
+            }
+        }
+        if let Some(max) = sorted.last() {
+            r.put(&format!("{key}.probe_max_ms"), format!("{max:.3}"))?;
+        }
+        let seconds = run.seconds.max(1) as f64;
+        if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+            r.put(
+                &format!("{key}.invalidator_cpu_pct"),
+                format!("{:.0}", (a - b) / seconds * 100.0),
+            )?;
+        }
+        if run.hogs > 0 {
+            r.put(
+                &format!("{key}.hogs_cpu_pct"),
+                format!("{:.0}", hogs_share * 100.0),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records `KEY_p50_ms` and `KEY_p99_ms` of the observations of one
+    /// histogram between two scrapes (`>N` past its largest finite bucket).
+    fn put_quantiles(&self, key: &str, before: &[(f64, f64)], after: &[(f64, f64)]) -> Result<()> {
+        let largest = after
+            .iter()
+            .map(|(le, _)| *le)
+            .filter(|le| le.is_finite())
+            .fold(0.0, f64::max);
+        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            if let Some(v) = histogram_quantile(before, after, q) {
+                // Past the largest finite bucket the histogram only says "more".
+                let text = if v >= largest {
+                    format!(">{:.0}", largest * 1e3)
+                } else {
+                    format!("{:.3}", v * 1e3)
+                };
+                self.results.put(&format!("{key}_{name}_ms"), text)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The lag stage timestamps: p50/p99 per `stage` of
+    /// `cm_invalidator_stage_seconds` between the two scrapes, as
+    /// `KEY.stage.STAGE_p50_ms`; `KEY.stages = not measured` when the
+    /// invalidator does not export it.
+    fn put_stages(&self, key: &str, before: &str, after: &str) -> Result<()> {
+        let stages_after = parse_labelled_histograms(after, STAGE_HISTOGRAM, "stage");
+        if stages_after.is_empty() {
+            return self.results.put(
+                &format!("{key}.stages"),
+                format!("not measured (no {STAGE_HISTOGRAM} in /metrics)"),
+            );
+        }
+        let stages_before = parse_labelled_histograms(before, STAGE_HISTOGRAM, "stage");
+        let names: Vec<&str> = stages_after.iter().map(|(s, _)| s.as_str()).collect();
+        self.results
+            .put(&format!("{key}.stages"), names.join(","))?;
+        for (stage, a) in &stages_after {
+            let b = stages_before
+                .iter()
+                .find(|(s, _)| s == stage)
+                .map(|(_, b)| b.as_slice())
+                .unwrap_or_default();
+            self.put_quantiles(&format!("{key}.stage.{stage}"), b, a)?;
+        }
+        Ok(())
     }
 
     /// `writers` connections run `rate` single-row UPDATE transactions per

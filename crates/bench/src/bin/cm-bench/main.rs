@@ -2,15 +2,18 @@
 //!
 //! * `cm-bench invalidator --bin PATH --out FILE`: invalidator throughput
 //!   against `pg_recvlogical` on the same WAL, peak RSS through one big
-//!   UPDATE, and commit-to-invalidated lag under a paced writer; then,
-//!   while that worker is still up, the reader phase (hit path, miss
-//!   overhead, 95/5 mix).
+//!   UPDATE, and commit-to-invalidated lag under a paced writer (quiet, and
+//!   busy beside CPU-bound processes); then, while that worker is still up,
+//!   the reader phase in rounds (hit path, heavy join, misses, 95/5 mix,
+//!   three memcached servers). Each phase records the machine's load.
 //! * `cm-bench report ...`: turns the result files and the criterion log into
 //!   the table on stdout and `BENCHMARKS.md`.
 //!
 //! Servers come from the environment, as for the tests: `CM_TEST_PG_URL`
 //! (admin URL of a PostgreSQL with `wal_level=logical`) and
-//! `CM_TEST_MEMCACHED` (`host:port`). Results are appended to the output file
+//! `CM_TEST_MEMCACHED` (`host:port`); optionally `CM_TEST_MEMCACHED_RESULTS`,
+//! `CM_TEST_MEMCACHED_EXTRA` and `CM_BENCH_SERVERS_PID` (the servers'
+//! starter, whose processes count as ours in the machine load). Results are appended to the output file
 //! as `key<TAB>value` lines as soon as they are known, so a phase that fails
 //! leaves the earlier ones.
 

@@ -1,13 +1,15 @@
 //! Helpers shared by the phases: results file, environment, metrics scrape,
-//! processes, perf profiles.
+//! processes, perf profiles, the machine's load over a phase, and the
+//! CPU-bound processes of the busy lag runs.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cm_bench::{busy_cpu_seconds, cpu_seconds, load_1min, tree_cpu_seconds};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Appends `key<TAB>value` lines to the results file and echoes them.
@@ -213,5 +215,119 @@ impl Profile {
             .collect();
         let _ = std::fs::remove_file(&self.data);
         Ok(lines.join("\n"))
+    }
+}
+
+/// The machine's load over one phase: the 1-minute load average at its
+/// start and end, and the CPU the machine spent in processes that are not
+/// ours (busy time from `/proc/stat` minus the CPU time of the process
+/// trees `roots`: this bench, its workers and CPU hogs, the test servers'
+/// memcached and PostgreSQL).
+pub struct PhaseLoad {
+    name: String,
+    roots: Vec<u32>,
+    started: Instant,
+    started_unix: f64,
+    load: Option<f64>,
+    busy: Option<f64>,
+    own: f64,
+}
+
+fn read_busy() -> Option<f64> {
+    busy_cpu_seconds(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn read_load() -> Option<f64> {
+    load_1min(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+impl PhaseLoad {
+    /// Takes the start figures of phase `name` (letters, digits, `_`).
+    pub fn start(name: &str, roots: &[u32]) -> PhaseLoad {
+        PhaseLoad {
+            name: name.to_owned(),
+            roots: roots.to_vec(),
+            started: Instant::now(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            load: read_load(),
+            busy: read_busy(),
+            own: tree_cpu_seconds(roots),
+        }
+    }
+
+    /// Takes the end figures and records `phase.NAME.*`: `start_unix`,
+    /// `seconds`, `load1_start`, `load1_end`, `own_cpus` and `other_cpus`
+    /// (CPU seconds per second of the phase).
+    pub fn finish(self, results: &Results) -> Result<()> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let own = tree_cpu_seconds(&self.roots) - self.own;
+        let key = format!("phase.{}", self.name);
+        results.put(
+            &format!("{key}.start_unix"),
+            format!("{:.1}", self.started_unix),
+        )?;
+        results.put(&format!("{key}.seconds"), format!("{seconds:.1}"))?;
+        if let (Some(start), Some(end)) = (self.load, read_load()) {
+            results.put(&format!("{key}.load1_start"), format!("{start:.2}"))?;
+            results.put(&format!("{key}.load1_end"), format!("{end:.2}"))?;
+        }
+        if seconds > 0.0 {
+            results.put(&format!("{key}.own_cpus"), format!("{:.2}", own / seconds))?;
+            if let (Some(start), Some(end)) = (self.busy, read_busy()) {
+                let other = (end - start - own).max(0.0) / seconds;
+                results.put(&format!("{key}.other_cpus"), format!("{other:.2}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// CPU-bound child processes (`sh -c 'while :; do :; done'`), the
+/// neighbours of the busy lag runs; killed when dropped.
+pub struct Hogs {
+    children: Vec<Child>,
+    started: Instant,
+}
+
+impl Hogs {
+    /// Starts `count` of them.
+    pub fn start(count: u64) -> Result<Hogs> {
+        let mut hogs = Hogs {
+            children: Vec::new(),
+            started: Instant::now(),
+        };
+        for _ in 0..count {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start a CPU hog (sh)")?;
+            hogs.children.push(child);
+        }
+        Ok(hogs)
+    }
+
+    /// CPU seconds the hogs have used together per second since they
+    /// started (2.0: two whole CPUs).
+    pub fn cpu_share(&self) -> f64 {
+        let used: f64 = self
+            .children
+            .iter()
+            .filter_map(|c| cpu_seconds(c.id()))
+            .sum();
+        used / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
