@@ -3,12 +3,13 @@
 //! pooled one, and both share one read path).
 
 use std::borrow::{Borrow, BorrowMut};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use postgres_types::ToSql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 
 use crate::cache::QueryCache;
 use crate::error::ReaderError;
@@ -17,6 +18,7 @@ use crate::metrics::MetricsSnapshot;
 use crate::options::QueryOptions;
 use crate::query::{reads_without_options, CachedQuery};
 use crate::row::CachedRow;
+use crate::source::{ConnectionSource, SourceConnection};
 
 /// A client whose `SELECT`s are served from the cache when valid.
 ///
@@ -34,26 +36,34 @@ use crate::row::CachedRow;
 /// database round trip, which would cost what the cache saves: inside such
 /// a block, a hit returns the committed, cached result, as a read on another
 /// connection would, without the block's own uncommitted writes.
+///
+/// A miss prepares its statement once per client: the client keeps the
+/// statements it prepared ([`PreparedClient`]), as a pooled connection's
+/// statement cache does.
 #[derive(Debug)]
 pub struct CachingClient<C = Client> {
-    client: C,
+    source: PreparedClient<C>,
     cache: Arc<QueryCache>,
 }
 
 impl<C: Borrow<Client>> CachingClient<C> {
     /// Wraps `client`; `cache` is shared by every client of the process.
     pub fn new(client: C, cache: Arc<QueryCache>) -> CachingClient<C> {
-        CachingClient { client, cache }
+        let capacity = cache.options().statement_cache_capacity;
+        CachingClient {
+            source: PreparedClient::new(client, capacity),
+            cache,
+        }
     }
 
     /// The underlying client, for anything that must not be cached.
     pub fn client(&self) -> &Client {
-        self.client.borrow()
+        self.source.client.borrow()
     }
 
     /// Gives the underlying client back.
     pub fn into_inner(self) -> C {
-        self.client
+        self.source.client
     }
 
     /// The shared cache state.
@@ -66,20 +76,98 @@ impl<C: Borrow<Client>> CachingClient<C> {
         self.cache.metrics()
     }
 
-    /// The reads below, with per-query options.
-    pub fn with(&self, options: QueryOptions) -> CachedQuery<'_, Client> {
-        CachedQuery::new(self.client.borrow(), &self.cache, options)
-    }
-
-    reads_without_options!();
-
     /// Starts a transaction on the underlying client. Its reads never touch
     /// the cache: they must see the transaction's own writes and snapshot.
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, ReaderError>
     where
         C: BorrowMut<Client>,
     {
-        let client: &mut Client = self.client.borrow_mut();
+        let client: &mut Client = self.source.client.borrow_mut();
         Ok(client.transaction().await?)
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> CachingClient<C> {
+    /// The reads below, with per-query options.
+    pub fn with(&self, options: QueryOptions) -> CachedQuery<'_, PreparedClient<C>> {
+        CachedQuery::new(&self.source, &self.cache, options)
+    }
+
+    reads_without_options!();
+}
+
+/// The connection source of a [`CachingClient`]: its one client and the
+/// statements a miss prepared on it, by SQL text, so the next miss of the
+/// same text runs the prepared statement without preparing it again.
+///
+/// A prepared statement the server refuses (its result type changed with
+/// DDL, or it was deallocated) or whose parameter types differ from the
+/// learned ones is forgotten and prepared again, once, as with a pool's
+/// statement cache. Bounded by
+/// [`ReaderOptions::statement_cache_capacity`](crate::ReaderOptions::statement_cache_capacity):
+/// when full, it is emptied (the statements are closed as they drop) and
+/// refilled by the next misses.
+pub struct PreparedClient<C = Client> {
+    client: C,
+    capacity: usize,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl<C> PreparedClient<C> {
+    fn new(client: C, capacity: usize) -> PreparedClient<C> {
+        PreparedClient {
+            client,
+            capacity,
+            statements: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn statements(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        self.statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<C> std::fmt::Debug for PreparedClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedClient")
+            .field("prepared", &self.statements().len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> ConnectionSource for PreparedClient<C> {
+    type Connection<'a>
+        = &'a PreparedClient<C>
+    where
+        C: 'a;
+
+    async fn get(&self) -> Result<&PreparedClient<C>, ReaderError> {
+        Ok(self)
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> SourceConnection for &PreparedClient<C> {
+    fn client(&self) -> &Client {
+        self.client.borrow()
+    }
+
+    async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client().prepare(sql).await?;
+        let mut statements = self.statements();
+        if statements.len() >= self.capacity {
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn forget_prepared(&self, sql: &str) {
+        self.statements().remove(sql);
     }
 }

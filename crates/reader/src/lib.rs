@@ -9,7 +9,8 @@
 //! the cache up before it takes a connection from the pool (any
 //! [`ConnectionSource`]; `deadpool_postgres::Pool` with the `deadpool`
 //! feature), so a hit never waits for one, and a miss prepares through the
-//! pooled connection's statement cache. Nothing is declared: what a result depends on is
+//! pooled connection's statement cache (a [`CachingClient`] keeps its own),
+//! once per connection. Nothing is declared: what a result depends on is
 //! discovered from the catalog (`closure.rs`: the names the text mentions,
 //! resolved under the session's `search_path`, through views, every `UNION`
 //! branch, inheritance children, partitions and SQL function bodies,
@@ -105,7 +106,7 @@ pub mod telemetry;
 
 pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
-pub use client::CachingClient;
+pub use client::{CachingClient, PreparedClient};
 pub use error::{ColumnError, ReaderError};
 pub use fill::Outcome;
 pub use metrics::MetricsSnapshot;
