@@ -28,7 +28,10 @@
 //!   (`fill.rs`). A moved schema version (DDL) drops the learned statements.
 //! * Miss: snapshot the generations, take the fill lease, join the flush
 //!   lists known before the query, run it, join the rows' flush lists, store
-//!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
+//!   only if the lease still holds (`fill.rs`, `dependencies.rs`): the
+//!   query and three store round trips when one memcached server holds the
+//!   fill's keys. Stored results reach the inspection registry from a
+//!   background task (`registry.rs`).
 //! * One read path for both entry points (`read.rs`): learned statement,
 //!   cache plan, lookup, and a connection only for learning, a miss or a
 //!   read-through.
