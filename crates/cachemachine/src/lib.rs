@@ -42,8 +42,9 @@ pub use cm_keys::{
 pub use cm_reader::{
     describe_metrics, inspect, telemetry, BuildError, CachedColumn, CachedQuery, CachedRow,
     CachingClient, CachingPool, ColumnError, ColumnIndex, ConnectionSource, MetricsSnapshot,
-    ObjectRef, Outcome, QueryCache, QueryCacheBuilder, QueryOptions, RawValue, ReaderError,
-    ReaderOptions, SourceConnection, DEFAULT_PREFIX, DEFAULT_PUBLICATION, DEFAULT_SERVER,
+    ObjectRef, Outcome, PreparedClient, QueryCache, QueryCacheBuilder, QueryOptions, RawValue,
+    ReaderError, ReaderOptions, SourceConnection, DEFAULT_PREFIX, DEFAULT_PUBLICATION,
+    DEFAULT_SERVER,
 };
 pub use cm_store::{read_heartbeat, CacheStore, MemoryStore, MemoryStoreConfig};
 #[cfg(feature = "memcached")]

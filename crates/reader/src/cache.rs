@@ -3,7 +3,7 @@
 //! statement cache and the counters.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use crate::fill::{CachePlan, Fetched, MissParts};
 use crate::learned::{LearnedStatement, Reads, StatementCache, Uncacheable};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::{QueryOptions, ReaderOptions};
+use crate::registry::InspectionRegistry;
 use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
 
 /// A row of a table named by its key values, for [`QueryCache::cached_with`].
@@ -73,8 +74,8 @@ pub struct QueryCache {
     pub(crate) statements: StatementCache,
     attribute_names: Mutex<HashMap<u32, Arc<HashMap<i16, String>>>>,
     pub(crate) metrics: Metrics,
-    /// The registry bucket found full (no more appends to it).
-    pub(crate) registry_full: AtomicU64,
+    /// The queue of stored results to the inspection registry's writer.
+    pub(crate) registry: InspectionRegistry,
     /// Whether a fill ever came from a hot standby: from then on every fill
     /// reads the invalidator's dispatched LSN beside its query.
     pub(crate) replica_seen: AtomicBool,
@@ -104,6 +105,8 @@ impl QueryCache {
         options: ReaderOptions,
     ) -> Result<QueryCache, ReaderError> {
         options.validate()?;
+        let registry =
+            InspectionRegistry::new(store.clone(), space.clone(), options.flush_list_ttl);
         Ok(QueryCache {
             epoch_key: space.epoch(),
             heartbeat_key: space.heartbeat(),
@@ -120,7 +123,7 @@ impl QueryCache {
             options,
             attribute_names: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            registry_full: AtomicU64::new(u64::MAX),
+            registry,
             replica_seen: AtomicBool::new(false),
         })
     }
@@ -478,7 +481,9 @@ impl QueryCache {
     }
 
     /// Where each result column comes from, for the neighbour links. Looks
-    /// up column names by attnum once per table; `Err` when that fails.
+    /// up column names by attnum once per table (until the schema changes),
+    /// so a miss over known tables costs no round trip; `Err` when that
+    /// fails.
     pub(crate) async fn origins(
         &self,
         client: &Client,
@@ -507,7 +512,10 @@ impl QueryCache {
                     &[&wanted],
                 )
                 .await?;
-            let mut found: HashMap<u32, HashMap<i16, String>> = HashMap::new();
+            // A table the catalog has no columns for is remembered as such
+            // too, not looked up again at every miss.
+            let mut found: HashMap<u32, HashMap<i16, String>> =
+                wanted.iter().map(|&oid| (oid, HashMap::new())).collect();
             for row in rows {
                 found
                     .entry(row.try_get(0)?)

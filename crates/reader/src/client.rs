@@ -3,12 +3,13 @@
 //! pooled one, and both share one read path).
 
 use std::borrow::{Borrow, BorrowMut};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use postgres_types::ToSql;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 
 use crate::cache::QueryCache;
 use crate::error::ReaderError;
@@ -17,6 +18,7 @@ use crate::metrics::MetricsSnapshot;
 use crate::options::QueryOptions;
 use crate::query::{reads_without_options, CachedQuery};
 use crate::row::CachedRow;
+use crate::source::{ConnectionSource, SourceConnection};
 use crate::token::{write_token, WriteToken};
 
 /// The write token and whether the session is outside a transaction block
@@ -52,6 +54,10 @@ fn token_if_committed(answer: &[tokio_postgres::SimpleQueryMessage]) -> Option<W
 /// a block, a hit returns the committed, cached result, as a read on another
 /// connection would, without the block's own uncommitted writes.
 ///
+/// A miss prepares its statement once per client: the client keeps the
+/// statements it prepared ([`PreparedClient`]), as a pooled connection's
+/// statement cache does.
+///
 /// Read-your-writes: a write made with [`CachingClient::execute`] (or noted
 /// with [`CachingClient::note_write`] after a commit) gives the client a
 /// [`WriteToken`], and every later read through this client waits for the
@@ -59,7 +65,7 @@ fn token_if_committed(answer: &[tokio_postgres::SimpleQueryMessage]) -> Option<W
 /// (`docs/freshness.md`).
 #[derive(Debug)]
 pub struct CachingClient<C = Client> {
-    client: C,
+    source: PreparedClient<C>,
     cache: Arc<QueryCache>,
     /// The newest write token of this session.
     last_write: Mutex<Option<WriteToken>>,
@@ -68,8 +74,9 @@ pub struct CachingClient<C = Client> {
 impl<C: Borrow<Client>> CachingClient<C> {
     /// Wraps `client`; `cache` is shared by every client of the process.
     pub fn new(client: C, cache: Arc<QueryCache>) -> CachingClient<C> {
+        let capacity = cache.options().statement_cache_capacity;
         CachingClient {
-            client,
+            source: PreparedClient::new(client, capacity),
             cache,
             last_write: Mutex::new(None),
         }
@@ -77,12 +84,12 @@ impl<C: Borrow<Client>> CachingClient<C> {
 
     /// The underlying client, for anything that must not be cached.
     pub fn client(&self) -> &Client {
-        self.client.borrow()
+        self.source.client.borrow()
     }
 
     /// Gives the underlying client back.
     pub fn into_inner(self) -> C {
-        self.client
+        self.source.client
     }
 
     /// The shared cache state.
@@ -93,16 +100,6 @@ impl<C: Borrow<Client>> CachingClient<C> {
     /// The shared counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.cache.metrics()
-    }
-
-    /// The reads below, with per-query options (and this session's write
-    /// token, if it has one).
-    pub fn with(&self, options: QueryOptions) -> CachedQuery<'_, Client> {
-        let options = match self.last_write_token() {
-            Some(token) => options.after(token),
-            None => options,
-        };
-        CachedQuery::new(self.client.borrow(), &self.cache, options)
     }
 
     /// Runs a write (any statement; its rows are not returned) and returns
@@ -116,7 +113,7 @@ impl<C: Borrow<Client>> CachingClient<C> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, ReaderError> {
-        let client = self.client.borrow();
+        let client = self.client();
         // Prepared first: a statement's Bind/Execute go out when its future
         // is first polled, so the token query is pipelined behind the write
         // and runs after it committed.
@@ -137,7 +134,7 @@ impl<C: Borrow<Client>> CachingClient<C> {
     /// `commit`), remembers it for this session's reads and returns it, to
     /// carry to other sessions (a cookie, a header).
     pub async fn note_write(&self) -> Result<WriteToken, ReaderError> {
-        let token = write_token(self.client.borrow()).await?;
+        let token = write_token(self.client()).await?;
         self.remember_write(token);
         Ok(token)
     }
@@ -145,16 +142,14 @@ impl<C: Borrow<Client>> CachingClient<C> {
     /// Makes this session's reads wait for `token` too (e.g. one carried
     /// in from another request); the later token wins.
     pub fn remember_write(&self, token: WriteToken) {
-        let mut last = self.last_write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_write.lock().unwrap_or_else(PoisonError::into_inner);
         *last = Some(token.max(*last));
     }
 
     /// This session's newest write token.
     pub fn last_write_token(&self) -> Option<WriteToken> {
-        *self.last_write.lock().unwrap_or_else(|e| e.into_inner())
+        *self.last_write.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    reads_without_options!();
 
     /// Starts a transaction on the underlying client. Its reads never touch
     /// the cache: they must see the transaction's own writes and snapshot.
@@ -162,7 +157,97 @@ impl<C: Borrow<Client>> CachingClient<C> {
     where
         C: BorrowMut<Client>,
     {
-        let client: &mut Client = self.client.borrow_mut();
+        let client: &mut Client = self.source.client.borrow_mut();
         Ok(client.transaction().await?)
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> CachingClient<C> {
+    /// The reads below, with per-query options (and this session's write
+    /// token, if it has one).
+    pub fn with(&self, options: QueryOptions) -> CachedQuery<'_, PreparedClient<C>> {
+        let options = match self.last_write_token() {
+            Some(token) => options.after(token),
+            None => options,
+        };
+        CachedQuery::new(&self.source, &self.cache, options)
+    }
+
+    reads_without_options!();
+}
+
+/// The connection source of a [`CachingClient`]: its one client and the
+/// statements a miss prepared on it, by SQL text, so the next miss of the
+/// same text runs the prepared statement without preparing it again.
+///
+/// A prepared statement the server refuses (its result type changed with
+/// DDL, or it was deallocated) or whose parameter types differ from the
+/// learned ones is forgotten and prepared again, once, as with a pool's
+/// statement cache. Bounded by
+/// [`ReaderOptions::statement_cache_capacity`](crate::ReaderOptions::statement_cache_capacity):
+/// when full, it is emptied (the statements are closed as they drop) and
+/// refilled by the next misses.
+pub struct PreparedClient<C = Client> {
+    client: C,
+    capacity: usize,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl<C> PreparedClient<C> {
+    fn new(client: C, capacity: usize) -> PreparedClient<C> {
+        PreparedClient {
+            client,
+            capacity,
+            statements: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn statements(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        self.statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<C> std::fmt::Debug for PreparedClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedClient")
+            .field("prepared", &self.statements().len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> ConnectionSource for PreparedClient<C> {
+    type Connection<'a>
+        = &'a PreparedClient<C>
+    where
+        C: 'a;
+
+    async fn get(&self) -> Result<&PreparedClient<C>, ReaderError> {
+        Ok(self)
+    }
+}
+
+impl<C: Borrow<Client> + Send + Sync> SourceConnection for &PreparedClient<C> {
+    fn client(&self) -> &Client {
+        self.client.borrow()
+    }
+
+    async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client().prepare(sql).await?;
+        let mut statements = self.statements();
+        if statements.len() >= self.capacity {
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn forget_prepared(&self, sql: &str) {
+        self.statements().remove(sql);
     }
 }

@@ -1,8 +1,12 @@
 //! The lookup-or-fill protocol shared by every cached read: one multi-get
-//! on a hit; on a miss, snapshot, lease, register, query, register, store
-//! only if the lease holds. Any cache failure degrades to a plain database
-//! read, counted, and never fails the caller. Every read through here ends
-//! with its outcome in [`ReadTrace::finish`].
+//! on a hit; on a miss, three store calls around the query: the lookup; the
+//! snapshot (missing generations created) with the lease and the pre-query
+//! registrations; the query; the row registrations with the store, only if
+//! the lease holds. With one memcached server (or every key of a fill on
+//! one), each call is one round trip (`docs/memcached.md` §4). Any cache
+//! failure degrades to a plain database read, counted, and never fails the
+//! caller. Every read through here ends with its outcome in
+//! [`ReadTrace::finish`].
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -246,7 +250,10 @@ impl QueryCache {
             .and_then(|heartbeat| heartbeat.dispatched_lsn)
     }
 
-    /// The miss: snapshot, lease, register, `fetch`, register, store.
+    /// The miss: snapshot and lease with the pre-query registrations (one
+    /// round trip), `fetch`, then the row registrations with the store (one
+    /// round trip where the store can pipeline them; see
+    /// `docs/memcached.md` §4 for why the order holds).
     async fn fill<P, E, F, Fut>(
         &self,
         plan: &CachePlan<'_>,
@@ -261,36 +268,46 @@ impl QueryCache {
         Fut: Future<Output = Result<Fetched<P>, E>>,
     {
         let miss = (plan.miss)();
-        let snapshot = match self.snapshot(plan, epoch, generations).await {
+        let key = plan.result.as_str();
+        // Missing generations are created while the lease is taken: both
+        // complete before the query starts, which is all the snapshot needs.
+        // The lease comes with the pre-query registrations, each landing
+        // after the placeholder exists (`CacheStore::lease_and_append`): from
+        // then on, an invalidation of any row that can change the result
+        // deletes the placeholder and voids the fill.
+        let (snapshot, leased) = tokio::join!(
+            self.snapshot(plan, epoch, generations),
+            self.lease(key, &miss.pre_query)
+        );
+        let snapshot = match snapshot {
             Ok(snapshot) => snapshot,
-            Err(error) => return self.degrade(error, fetch).await,
+            Err(error) => {
+                if let Ok(Leased::Won(lease)) = leased {
+                    self.release(key, lease).await;
+                }
+                return self.degrade(error, fetch).await;
+            }
         };
-        let lease = match self.lease::<P>(plan, &snapshot).await {
-            Ok(LeaseResult::Won(lease)) => lease,
-            Ok(LeaseResult::Hit(_)) if token_pending => {
+        let lease = match leased {
+            Ok(Leased::Won(lease)) => lease,
+            // Filled since the lookup: valid only under our snapshot.
+            // With a write token not yet applied, it may predate the
+            // token's commit: not served.
+            Ok(Leased::Hit(_)) if token_pending => {
                 self.metrics.bypasses();
                 let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
                 return read_through(fetch, outcome).await;
             }
-            Ok(LeaseResult::Hit(payload)) => {
-                self.metrics.hits();
-                return (Ok(payload), ReadOutcome::Hit);
-            }
-            Ok(LeaseResult::ReadThrough) => {
-                self.metrics.bypasses();
-                let outcome = ReadOutcome::ReadThrough(ReadThrough::LeaseContended);
-                return read_through(fetch, outcome).await;
-            }
+            Ok(Leased::Hit(bytes)) => match entry::decode::<P>(&bytes) {
+                Some(found) if found.snapshot == snapshot => {
+                    self.metrics.hits();
+                    return (Ok(found.payload), ReadOutcome::Hit);
+                }
+                _ => return self.contended(fetch).await,
+            },
+            Ok(Leased::ReadThrough) => return self.contended(fetch).await,
             Err(error) => return self.degrade(error, fetch).await,
         };
-        let key = plan.result.as_str();
-        // Join the pre-query flush lists while holding the lease: from here
-        // on, an invalidation of any row that can change the result deletes
-        // the placeholder and voids the fill.
-        if let Err(error) = self.append(&miss.pre_query, key).await {
-            self.release(key, lease).await;
-            return self.degrade(error, fetch).await;
-        }
         // On a hot standby the fill is stored only if the standby had
         // replayed every invalidation already dispatched, read only now that
         // this fill is registered (`docs/freshness.md`). Read beside the
@@ -327,29 +344,28 @@ impl QueryCache {
                 return (Ok(fetched.payload), ReadOutcome::ReplicaBehind);
             }
         }
-        let (registered, _) = tokio::join!(
-            self.append(&fetched.post_query, key),
-            self.register_for_inspection(miss.source.as_ref(), key)
-        );
-        if let Err(error) = registered {
-            self.metrics.cache_errors();
-            tracing::warn!(%error, "registering a result's rows failed; not caching it");
-            self.release(key, lease).await;
-            return (Ok(fetched.payload), ReadOutcome::NotStored);
-        }
         if let Some(hook) = &self.options.before_store {
             hook().await;
         }
-        let outcome = self
-            .store_result(
-                plan,
-                miss.source.as_ref(),
-                lease,
-                &snapshot,
-                &fetched.payload,
-            )
-            .await;
+        let filled = Filled {
+            source: miss.source.as_ref(),
+            lease,
+            snapshot: &snapshot,
+            post_query: &fetched.post_query,
+        };
+        let outcome = self.store_result(plan, filled, &fetched.payload).await;
         (Ok(fetched.payload), outcome)
+    }
+
+    /// Another caller holds the lease: read through without filling.
+    async fn contended<P, E, F, Fut>(&self, fetch: F) -> Served<P, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<P>, E>>,
+    {
+        self.metrics.bypasses();
+        let outcome = ReadOutcome::ReadThrough(ReadThrough::LeaseContended);
+        read_through(fetch, outcome).await
     }
 
     /// The one multi-get of a hit: result, epoch, heartbeat, the schema
@@ -437,79 +453,67 @@ impl QueryCache {
         age <= self.options.max_staleness.as_micros()
     }
 
-    /// The generations to fill under: those read, creating missing ones.
+    /// The generations to fill under: those read, creating missing ones,
+    /// all at once.
     async fn snapshot(
         &self,
         plan: &CachePlan<'_>,
         epoch: Option<u64>,
         generations: Vec<Option<u64>>,
     ) -> Result<Snapshot, StoreError> {
-        let epoch = match epoch {
-            Some(epoch) => epoch,
-            None => self
-                .store
-                .create_generation_if_missing(self.epoch_key.as_str())
-                .await?
-                .get(),
-        };
-        let mut out = Vec::with_capacity(generations.len());
-        for (key, value) in plan.generations.iter().zip(generations) {
-            let value = match value {
-                Some(value) => value,
+        let keys = std::iter::once(&self.epoch_key).chain(plan.generations.iter());
+        let values = std::iter::once(epoch).chain(generations);
+        let read_or_created = keys.zip(values).map(|(key, value)| async move {
+            match value {
+                Some(value) => Ok(value),
                 None => self
                     .store
                     .create_generation_if_missing(key.as_str())
-                    .await?
-                    .get(),
-            };
-            out.push((key.as_str().to_owned(), value));
-        }
+                    .await
+                    .map(|created| created.get()),
+            }
+        });
+        let mut values = futures_util::future::try_join_all(read_or_created)
+            .await?
+            .into_iter();
+        let epoch = values.next().ok_or_else(|| StoreError::Protocol {
+            message: "no epoch in the snapshot".to_string(),
+        })?;
         Ok(Snapshot {
             epoch,
-            generations: out,
+            generations: plan
+                .generations
+                .iter()
+                .map(|key| key.as_str().to_owned())
+                .zip(values)
+                .collect(),
         })
     }
 
-    async fn lease<P: DeserializeOwned>(
-        &self,
-        plan: &CachePlan<'_>,
-        snapshot: &Snapshot,
-    ) -> Result<LeaseResult<P>, StoreError> {
-        let key = plan.result.as_str();
+    /// The lease on `key`, with `key` joining every pre-query flush list
+    /// once it is won; a caller that finds the lease taken waits a little
+    /// and tries again, as configured. Every try registers again: a lease
+    /// won on a later try is protected by that try's appends, which land
+    /// after its placeholder.
+    async fn lease(&self, key: &str, pre_query: &[Key]) -> Result<Leased, StoreError> {
+        let lists: Vec<&str> = pre_query.iter().map(Key::as_str).collect();
+        let (lease_ttl, list_ttl) = (self.options.lease_ttl, self.options.flush_list_ttl);
         for attempt in 0..=self.options.lease_wait_attempts {
             match self
                 .store
-                .get_with_lease(key, self.options.lease_ttl)
+                .lease_and_append(key, lease_ttl, &lists, list_ttl)
                 .await?
             {
-                LeaseOutcome::Won(lease) => return Ok(LeaseResult::Won(lease)),
-                LeaseOutcome::Hit(bytes) => {
-                    // Filled since the lookup: valid only under our snapshot.
-                    return Ok(match entry::decode::<P>(&bytes) {
-                        Some(found) if found.snapshot == *snapshot => {
-                            LeaseResult::Hit(found.payload)
-                        }
-                        _ => LeaseResult::ReadThrough,
-                    });
-                }
-                LeaseOutcome::Stale(_) => return Ok(LeaseResult::ReadThrough),
+                LeaseOutcome::Won(lease) => return Ok(Leased::Won(lease)),
+                LeaseOutcome::Hit(bytes) => return Ok(Leased::Hit(bytes)),
+                LeaseOutcome::Stale(_) => return Ok(Leased::ReadThrough),
                 LeaseOutcome::Wait if attempt < self.options.lease_wait_attempts => {
                     tokio::time::sleep(self.options.lease_wait).await;
                 }
                 LeaseOutcome::Wait => {}
             }
         }
-        Ok(LeaseResult::ReadThrough)
-    }
-
-    async fn append(&self, lists: &[Key], member: &str) -> Result<(), StoreError> {
-        if lists.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<&str> = lists.iter().map(Key::as_str).collect();
-        self.store
-            .append_to_flush_lists(&keys, member, self.options.flush_list_ttl)
-            .await
+        Ok(Leased::ReadThrough)
     }
 
     async fn release(&self, key: &str, lease: Lease) {
@@ -519,18 +523,20 @@ impl QueryCache {
         }
     }
 
-    /// Stores the filled value if the lease still holds: `Filled`,
-    /// `LeaseLost`, or `NotStored` when it cannot be stored.
+    /// Joins the rows' flush lists and stores the filled value if the lease
+    /// still holds (`CacheStore::append_then_store_if_lease_valid`: the
+    /// value never shows before the registrations): `Filled`, `LeaseLost`,
+    /// or `NotStored` when it cannot be registered or stored. A stored
+    /// statement result is then handed to the inspection registry.
     async fn store_result<P: Serialize>(
         &self,
         plan: &CachePlan<'_>,
-        source: Option<&Source>,
-        lease: Lease,
-        snapshot: &Snapshot,
+        filled: Filled<'_>,
         payload: &P,
     ) -> ReadOutcome {
         let key = plan.result.as_str();
-        let bytes = match entry::encode(snapshot, source, payload) {
+        let lease = filled.lease;
+        let bytes = match entry::encode(filled.snapshot, filled.source, payload) {
             Ok(bytes) => bytes,
             Err(error) => {
                 self.metrics.cache_errors();
@@ -544,13 +550,22 @@ impl QueryCache {
             self.release(key, lease).await;
             return ReadOutcome::NotStored;
         }
-        match self
+        let lists: Vec<&str> = filled.post_query.iter().map(Key::as_str).collect();
+        let stored = self
             .store
-            .set_if_lease_valid(key, &bytes, plan.ttl, lease)
-            .await
-        {
+            .append_then_store_if_lease_valid(
+                key,
+                &bytes,
+                plan.ttl,
+                lease,
+                &lists,
+                self.options.flush_list_ttl,
+            )
+            .await;
+        match stored {
             Ok(true) => {
                 self.metrics.stores();
+                self.register_for_inspection(filled.source, key);
                 ReadOutcome::Filled
             }
             // An invalidation deleted the placeholder while we filled: the
@@ -566,7 +581,7 @@ impl QueryCache {
             }
             Err(error) => {
                 self.metrics.cache_errors();
-                tracing::warn!(%error, "storing a result failed");
+                tracing::warn!(%error, "registering or storing a result failed; not caching it");
                 self.release(key, lease).await;
                 ReadOutcome::NotStored
             }
@@ -594,10 +609,20 @@ where
     (fetch().await.map(|f| f.payload), outcome)
 }
 
-enum LeaseResult<P> {
+/// What taking the lease came to.
+enum Leased {
     Won(Lease),
-    Hit(P),
+    /// A value was there: served only if filled under our snapshot.
+    Hit(Vec<u8>),
     ReadThrough,
+}
+
+/// What a won fill stores besides its payload.
+struct Filled<'a> {
+    source: Option<&'a Source>,
+    lease: Lease,
+    snapshot: &'a Snapshot,
+    post_query: &'a [Key],
 }
 
 /// A generation's stored form: decimal ASCII, maybe padded by INCR.

@@ -9,7 +9,8 @@
 //! the cache up before it takes a connection from the pool (any
 //! [`ConnectionSource`]; `deadpool_postgres::Pool` with the `deadpool`
 //! feature), so a hit never waits for one, and a miss prepares through the
-//! pooled connection's statement cache. Nothing is declared: what a result depends on is
+//! pooled connection's statement cache (a [`CachingClient`] keeps its own),
+//! once per connection. Nothing is declared: what a result depends on is
 //! discovered from the catalog (`closure.rs`: the names the text mentions,
 //! resolved under the session's `search_path`, through views, every `UNION`
 //! branch, inheritance children, partitions and SQL function bodies,
@@ -27,7 +28,10 @@
 //!   (`fill.rs`). A moved schema version (DDL) drops the learned statements.
 //! * Miss: snapshot the generations, take the fill lease, join the flush
 //!   lists known before the query, run it, join the rows' flush lists, store
-//!   only if the lease still holds (`fill.rs`, `dependencies.rs`).
+//!   only if the lease still holds (`fill.rs`, `dependencies.rs`): the
+//!   query and three store round trips when one memcached server holds the
+//!   fill's keys. Stored results reach the inspection registry from a
+//!   background task (`registry.rs`).
 //! * One read path for both entry points (`read.rs`): learned statement,
 //!   cache plan, lookup, and a connection only for learning, a miss or a
 //!   read-through.
@@ -106,7 +110,7 @@ mod token;
 
 pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
-pub use client::CachingClient;
+pub use client::{CachingClient, PreparedClient};
 pub use error::{ColumnError, ReaderError};
 pub use fill::Outcome;
 pub use metrics::MetricsSnapshot;

@@ -13,8 +13,8 @@ use cm_store::{DEFAULT_ITEM_SIZE_LIMIT, ITEM_OVERHEAD};
 use crate::error::ReaderError;
 use crate::token::WriteToken;
 
-/// A test hook run on the miss path after the query and the post-query
-/// registrations, just before the result is stored. See
+/// A test hook run on the miss path after the query, just before the
+/// post-query registrations and the store (which may go in one batch). See
 /// [`ReaderOptions::before_store`].
 pub type BeforeStoreHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -53,13 +53,17 @@ pub struct ReaderOptions {
     pub statement_cache_capacity: usize,
     /// Record every stored statement result in the inspection registry
     /// (default on), so the consistency checker (`crate::inspect`) can
-    /// enumerate what is cached. Costs one more flush-list append per fill
-    /// (a `q:` key of about 40 bytes), sent concurrently with the fill's row
-    /// registrations, so it adds no round trip; its failures are ignored.
-    /// The registry is a flush list per minute of fills (see
-    /// `KeySpace::registry`) with the flush-list TTL; a minute that
-    /// overflows memcached's item size stops recording for the rest of that
-    /// minute, so the checker sees a bounded, possibly partial list.
+    /// enumerate what is cached. Costs the fill nothing it waits for: a
+    /// stored result's `q:` key (about 40 bytes) is queued for a background
+    /// task, which appends what arrived in the last few milliseconds in one
+    /// append (so a result shows in the registry a few milliseconds after
+    /// its fill; [`crate::QueryCache::flush_inspection_registry`] waits for
+    /// the queue). Its failures are ignored, and a fill that finds the queue
+    /// full (4096 keys waiting) goes unregistered. The registry is a flush
+    /// list per minute of fills (see `KeySpace::registry`) with the
+    /// flush-list TTL; a minute that overflows memcached's item size stops
+    /// recording for the rest of that minute, so the checker sees a
+    /// bounded, possibly partial list.
     pub inspection_registry: bool,
     /// The invalidator's publication (default `cm_invalidator`, the
     /// invalidator's default). A statement reading a table outside it is
@@ -71,8 +75,9 @@ pub struct ReaderOptions {
     /// for the invalidator to apply it before reading from the database
     /// (default 1 s; per query: [`QueryOptions::token_wait`]).
     pub token_wait: Duration,
-    /// Test hook, run after a miss's query and before its store; `None` in
-    /// production. Lets a test invalidate in that window (the stale-set race).
+    /// Test hook, run after a miss's query and before its row registrations
+    /// and store; `None` in production. Lets a test invalidate in that
+    /// window (the stale-set race).
     pub before_store: Option<BeforeStoreHook>,
 }
 

@@ -54,7 +54,8 @@ pub trait SourceConnection: Send + Sync {
     fn client(&self) -> &Client;
 
     /// Prepares `sql` for a miss. A pool with a statement cache answers from
-    /// it (deadpool's `prepare_cached`), so a statement is prepared once per
+    /// it (deadpool's `prepare_cached`; a [`crate::CachingClient`]'s own
+    /// [`crate::PreparedClient`]), so a statement is prepared once per
     /// connection; the default prepares it every time.
     fn prepare(
         &self,

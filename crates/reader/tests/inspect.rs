@@ -5,12 +5,15 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cm_keys::Heartbeat;
 use cm_reader::inspect::{inspect, inspect_with, InspectError, InspectOptions};
-use cm_reader::{QueryOptions, ReaderOptions};
+use cm_reader::{CachingClient, Outcome, QueryCache, QueryOptions, ReaderOptions};
+use cm_store::testing::{InstrumentedStore, Method};
 use common::{connect, Harness, MAPPING, SCHEMA};
+use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 const BY_AUTHOR: &str = "SELECT id, title FROM book WHERE author_id = $1 ORDER BY id";
@@ -319,4 +322,70 @@ async fn every_registered_result_is_checked_or_skipped_for_a_named_reason() {
         report.checked + report.skipped,
         "{report:?}"
     );
+}
+
+/// The registry's members, read straight from the store (the buckets around
+/// now).
+async fn registry_members(h: &Harness) -> Vec<String> {
+    let minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let buckets: Vec<_> = (minute - 1..=minute + 1)
+        .map(|b| h.space.registry(b))
+        .collect();
+    let names: Vec<&str> = buckets.iter().map(|k| k.as_str()).collect();
+    let mut members: Vec<String> = Vec::new();
+    for list in h.store.read_flush_lists(&names).await.unwrap() {
+        members.extend(list.members);
+    }
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// A fill hands its key to the registry and goes on: a fill completes while
+/// the registry's append is held up, and the key is appended afterwards
+/// (here on `flush_inspection_registry`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_appended_off_the_fill_path() {
+    let h = Harness::start().await;
+    let counting = Arc::new(InstrumentedStore::new(h.store.clone()));
+    let options = ReaderOptions {
+        publication: Some("cm_pub".into()),
+        ..ReaderOptions::default()
+    };
+    let cache = Arc::new(
+        QueryCache::new(h.space.clone(), counting.clone(), h.model.clone(), options).unwrap(),
+    );
+    let client = CachingClient::new(connect(&h.pg.url()).await, cache.clone());
+    let (appending, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let hook = (appending.clone(), release.clone());
+    counting.before_next(Method::AppendMembersToFlushList, move |_| async move {
+        hook.0.notify_one();
+        hook.1.notified().await;
+        Ok(())
+    });
+    let (_, first) = client
+        .query_with_outcome(BY_AUTHOR, &[&1i32])
+        .await
+        .unwrap();
+    appending.notified().await;
+    // The registry's writer is stuck in its first append; fills go on.
+    let (_, second) = client
+        .query_with_outcome(BY_AUTHOR, &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!((first, second), (Outcome::Miss, Outcome::Miss));
+    assert_eq!(client.metrics().stores, 2);
+    assert!(registry_members(&h).await.is_empty());
+    release.notify_one();
+    cache.flush_inspection_registry().await;
+    let members = registry_members(&h).await;
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members
+        .iter()
+        .all(|m| m.starts_with(&format!("{}:q:", h.space.prefix()))));
+    assert_eq!(counting.calls(Method::AppendMembersToFlushList), 2);
 }

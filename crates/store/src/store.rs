@@ -114,6 +114,65 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
     /// still carries the lease's CAS), so the next reader can win at once.
     async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError>;
 
+    /// A fill's first step: [`get_with_lease`](Self::get_with_lease) on
+    /// `key`, and `key` appended to every flush list in `list_keys`
+    /// ([`append_to_flush_lists`](Self::append_to_flush_lists), with
+    /// `list_ttl`), every append landing **after** the placeholder exists.
+    ///
+    /// That order is what makes the appends protect the fill: an
+    /// invalidation that reads a list holding `key` and deletes `key`
+    /// deletes the placeholder, voiding the lease. An append that landed
+    /// before the placeholder could be read, its `key` deleted (nothing
+    /// there yet) and the list cleared, leaving the fill that wins the lease
+    /// afterwards registered nowhere.
+    ///
+    /// With [`LeaseOutcome::Won`], every append succeeded. When the lease is
+    /// not won, some or all of the appends may have been made anyway; that
+    /// is harmless, `key` being exactly what the winner appends. On an
+    /// error no lease is held (one won is released first).
+    ///
+    /// The default takes the lease, then appends if it was won: two round
+    /// trips. A backend that runs one connection's commands in order may
+    /// send both at once when `key` and every list live on one server.
+    async fn lease_and_append(
+        &self,
+        key: &str,
+        lease_ttl: Duration,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        sequential::lease_and_append(self, key, lease_ttl, list_keys, list_ttl).await
+    }
+
+    /// A fill's last step: `key` appended to every flush list in
+    /// `list_keys` (with `list_ttl`), then
+    /// [`set_if_lease_valid`](Self::set_if_lease_valid). The value must never
+    /// be visible before every append has landed: an invalidation that read
+    /// a list after the store and before the append would leave a value
+    /// that no list names.
+    ///
+    /// `Ok(true)`: appended and stored; `Ok(false)`: appended, and the lease
+    /// was lost (nothing stored). An error means the value is not stored:
+    /// if an append failed after a pipelined store landed, the value was
+    /// deleted again before the call returned (best effort: a failed delete
+    /// is not reported apart). The lease may still be held after an error;
+    /// release it.
+    ///
+    /// The default appends, then stores: two round trips. A backend that
+    /// runs one connection's commands in order may send both at once when
+    /// `key` and every list live on one server.
+    async fn append_then_store_if_lease_valid(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        lease: Lease,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        sequential::append_then_store(self, key, value, ttl, lease, list_keys, list_ttl).await
+    }
+
     /// Appends `member` to each flush list in `list_keys`, atomically per
     /// list and pipelined across lists. A missing list is created with `ttl`;
     /// every append also resets the list's TTL to `ttl`, so a list outlives
@@ -135,6 +194,22 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.append_to_flush_lists(&[list_key], member, ttl).await
+    }
+
+    /// Appends every one of `members` to one flush list, with the same TTL
+    /// rule as [`append_to_flush_lists`](Self::append_to_flush_lists). The
+    /// default appends them one by one; memcached appends them all in one
+    /// atomic append.
+    async fn append_members_to_flush_list(
+        &self,
+        list_key: &str,
+        members: &[&str],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        for member in members {
+            self.append_to_flush_list(list_key, member, ttl).await?;
+        }
+        Ok(())
     }
 
     /// Reads flush lists without changing them, in one round trip per
@@ -215,4 +290,53 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError>;
+}
+
+/// The two-round-trip forms of the combined fill steps, shared by the
+/// trait's defaults and by backends that cannot pipeline a given call.
+pub(crate) mod sequential {
+    use std::time::Duration;
+
+    use super::{CacheStore, Lease, LeaseOutcome};
+    use crate::error::StoreError;
+
+    /// The lease, then, once it is won, the appends; a failed append gives
+    /// the lease back.
+    pub(crate) async fn lease_and_append<S: CacheStore + ?Sized>(
+        store: &S,
+        key: &str,
+        lease_ttl: Duration,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let outcome = store.get_with_lease(key, lease_ttl).await?;
+        if let LeaseOutcome::Won(lease) = outcome {
+            if !list_keys.is_empty() {
+                if let Err(error) = store.append_to_flush_lists(list_keys, key, list_ttl).await {
+                    // The placeholder expires on its own if this fails too.
+                    let _ = store.release_lease(key, lease).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The appends, then, once every one has succeeded, the store.
+    pub(crate) async fn append_then_store<S: CacheStore + ?Sized>(
+        store: &S,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        lease: Lease,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        if !list_keys.is_empty() {
+            store
+                .append_to_flush_lists(list_keys, key, list_ttl)
+                .await?;
+        }
+        store.set_if_lease_valid(key, value, ttl, lease).await
+    }
 }

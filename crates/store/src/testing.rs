@@ -22,10 +22,15 @@ use crate::error::StoreError;
 use crate::generation::Generation;
 use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 
-/// A required method of [`CacheStore`], as counted and hooked by
+/// A method of [`CacheStore`], as counted and hooked by
 /// [`InstrumentedStore`]. The provided one-key conveniences
 /// (`append_to_flush_list`, `read_flush_list`,
-/// `clear_flush_list_if_unchanged`) count as their many-key method.
+/// `clear_flush_list_if_unchanged`) count as their many-key method. The
+/// combined fill steps (`lease_and_append`,
+/// `append_then_store_if_lease_valid`) and `append_members_to_flush_list`
+/// count once each and go to the wrapped store's own implementation (a
+/// memcached store pipelines them), so what they do inside is not counted
+/// again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// [`CacheStore::get_many`].
@@ -36,8 +41,14 @@ pub enum Method {
     SetIfLeaseValid,
     /// [`CacheStore::release_lease`].
     ReleaseLease,
+    /// [`CacheStore::lease_and_append`].
+    LeaseAndAppend,
+    /// [`CacheStore::append_then_store_if_lease_valid`].
+    AppendThenStoreIfLeaseValid,
     /// [`CacheStore::append_to_flush_lists`].
     AppendToFlushLists,
+    /// [`CacheStore::append_members_to_flush_list`].
+    AppendMembersToFlushList,
     /// [`CacheStore::read_flush_lists`].
     ReadFlushLists,
     /// [`CacheStore::clear_flush_lists_if_unchanged`].
@@ -53,7 +64,7 @@ pub enum Method {
 }
 
 /// How many [`Method`]s there are (the counters' length).
-const METHODS: usize = 11;
+const METHODS: usize = 14;
 const _: () = assert!(Method::WriteHeartbeat as usize + 1 == METHODS);
 
 /// A one-shot hook: gets the wrapped store, runs before a call.
@@ -166,6 +177,46 @@ impl CacheStore for InstrumentedStore {
     async fn release_lease(&self, key: &str, lease: Lease) -> Result<(), StoreError> {
         self.enter(Method::ReleaseLease).await?;
         self.inner.release_lease(key, lease).await
+    }
+
+    async fn lease_and_append(
+        &self,
+        key: &str,
+        lease_ttl: Duration,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        self.enter(Method::LeaseAndAppend).await?;
+        self.inner
+            .lease_and_append(key, lease_ttl, list_keys, list_ttl)
+            .await
+    }
+
+    async fn append_then_store_if_lease_valid(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        lease: Lease,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.enter(Method::AppendThenStoreIfLeaseValid).await?;
+        self.inner
+            .append_then_store_if_lease_valid(key, value, ttl, lease, list_keys, list_ttl)
+            .await
+    }
+
+    async fn append_members_to_flush_list(
+        &self,
+        list_key: &str,
+        members: &[&str],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.enter(Method::AppendMembersToFlushList).await?;
+        self.inner
+            .append_members_to_flush_list(list_key, members, ttl)
+            .await
     }
 
     async fn append_to_flush_lists(

@@ -322,3 +322,67 @@ async fn a_generation_memcached_will_not_incr_is_bumped_by_replacement() {
     let again = store.bump_generation("cm:g:unincrementable").await.unwrap();
     assert_eq!(again.get(), bumped.get() + 1);
 }
+
+/// With the result key and every list on one server, a fill's two combined
+/// steps are one exchange each (one pipelined batch); with a list on
+/// another server, the lease (or the appends) must land first, so each
+/// step takes two.
+#[tokio::test]
+async fn combined_fill_steps_pipeline_only_on_one_server() {
+    let servers = start_servers(2).await;
+    let addrs: Vec<String> = servers.iter().map(MemcachedServer::addr).collect();
+    let lease_ttl = Duration::from_secs(30);
+    let one = store_on(vec![addrs[0].clone()], Duration::from_secs(5)).await;
+    let lists = ["cm:f:one-a", "cm:f:one-b", "cm:f:one-c"];
+    let before = one.exchanges();
+    let LeaseOutcome::Won(lease) = one
+        .lease_and_append("cm:q:one", lease_ttl, &lists, TTL)
+        .await
+        .unwrap()
+    else {
+        panic!("no lease");
+    };
+    assert_eq!(one.exchanges() - before, 1);
+    let before = one.exchanges();
+    assert!(one
+        .append_then_store_if_lease_valid("cm:q:one", b"rows", TTL, lease, &lists, TTL)
+        .await
+        .unwrap());
+    assert_eq!(one.exchanges() - before, 1);
+
+    let two = store_on(addrs.clone(), Duration::from_secs(5)).await;
+    let key = "cm:q:two";
+    let elsewhere = (0..)
+        .map(|i| format!("cm:f:two-{i}"))
+        .find(|list| two.server_for_key(list) != two.server_for_key(key))
+        .unwrap();
+    // An existing list: on a memcached without append vivify (1.6.18), a
+    // missing one costs the separate path another exchange to create.
+    two.append_to_flush_list(&elsewhere, "cm:q:seed", TTL)
+        .await
+        .unwrap();
+    let before = two.exchanges();
+    let LeaseOutcome::Won(lease) = two
+        .lease_and_append(key, lease_ttl, &[&elsewhere], TTL)
+        .await
+        .unwrap()
+    else {
+        panic!("no lease");
+    };
+    assert_eq!(two.exchanges() - before, 2);
+    let before = two.exchanges();
+    assert!(two
+        .append_then_store_if_lease_valid(key, b"rows", TTL, lease, &[&elsewhere], TTL)
+        .await
+        .unwrap());
+    assert_eq!(two.exchanges() - before, 2);
+    let list = two.read_flush_list(&elsewhere).await.unwrap();
+    assert_eq!(list.members, ["cm:q:seed", key]);
+    assert_eq!(
+        two.get_many(&[key]).await.unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .value,
+        b"rows"
+    );
+}

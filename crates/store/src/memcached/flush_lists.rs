@@ -42,12 +42,40 @@ impl Pool {
     ) -> Result<(), StoreError> {
         validate_keys(list_keys)?;
         validate_key(member)?;
+        self.append_payload(list_keys, &encode_member(member), ttl)
+            .await
+    }
+
+    /// Every one of `members` appended to `list_key` in one atomic append
+    /// (their encodings back to back, as many appends would leave them).
+    pub(super) async fn append_members_now(
+        &self,
+        list_key: &str,
+        members: &[&str],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        validate_key(list_key)?;
+        validate_keys(members)?;
+        if members.is_empty() {
+            return Ok(());
+        }
+        let payload: Vec<u8> = members.iter().flat_map(|m| encode_member(m)).collect();
+        self.append_payload(&[list_key], &payload, ttl).await
+    }
+
+    /// Appends `bytes` (encoded members) to every list, creating missing
+    /// ones; see the module docs.
+    async fn append_payload(
+        &self,
+        list_keys: &[&str],
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         if list_keys.is_empty() {
             return Ok(());
         }
         let secs = ttl_secs(ttl);
-        let bytes = encode_member(member);
-        let append = |list: &str| Set::new(list, &bytes).append().vivify_ttl(secs);
+        let append = |list: &str| Set::new(list, bytes).append().vivify_ttl(secs);
         let ops: Vec<Op> = list_keys
             .iter()
             .flat_map(|list| {
@@ -59,7 +87,7 @@ impl Pool {
             .collect();
         let timeout = self.config.timeout;
         let map = |e| map_error("append_to_flush_lists", timeout, e);
-        let results = self.client.run_batch(ops).await.map_err(map)?;
+        let results = self.run_batch("append_to_flush_lists", ops).await?;
         // Lists whose append was not stored; every other result is the
         // touch, whose miss only means the list is not there yet.
         let mut not_stored = Vec::new();
@@ -81,7 +109,7 @@ impl Pool {
             }
             let adds = not_stored
                 .iter()
-                .map(|&i| Set::new(list_keys[i], &bytes).add().ttl(Ttl::secs(secs)))
+                .map(|&i| Set::new(list_keys[i], bytes).add().ttl(Ttl::secs(secs)))
                 .collect();
             let adds = self.run_many("append_to_flush_lists", adds).await?;
             let existing: Vec<usize> = not_stored

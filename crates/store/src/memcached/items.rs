@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use memcache::exp::{
-    Delete, Get, GetStatus, LeaseState, Meta, MutationStatus, Set, Ttl, ValueState,
+    Delete, Get, GetResult, GetStatus, LeaseState, Meta, MutationStatus, Set, Ttl, ValueState,
 };
 
 use super::pool::Pool;
@@ -62,21 +62,10 @@ impl Pool {
         lease_ttl: Duration,
     ) -> Result<LeaseOutcome, StoreError> {
         validate_key(key)?;
-        let get = Get::new(key).lease_ttl(ttl_secs(lease_ttl));
-        let result = self.run("get_with_lease", get).await?;
-        if result.lease_state == LeaseState::Granted {
-            let cas = result.item.cas.ok_or_else(|| StoreError::Protocol {
-                message: "a won lease without the placeholder's CAS".to_string(),
-            })?;
-            return Ok(LeaseOutcome::Won(Lease::new(cas)));
-        }
-        Ok(match (result.value_state, result.status, result.value) {
-            (ValueState::Stale, _, Some(value)) => LeaseOutcome::Stale(value),
-            (ValueState::Fresh, GetStatus::Hit, Some(value)) => LeaseOutcome::Hit(value),
-            // Someone else's placeholder (Z), or a miss that memcached could
-            // not vivify (no memory): either way this caller must not fill.
-            _ => LeaseOutcome::Wait,
-        })
+        let result = self
+            .run("get_with_lease", lease_get(key, lease_ttl))
+            .await?;
+        lease_outcome(result)
     }
 
     pub(super) async fn set_if_lease_valid_now(
@@ -88,9 +77,7 @@ impl Pool {
     ) -> Result<bool, StoreError> {
         validate_key(key)?;
         validate_value(key, value, self.config.max_value_bytes())?;
-        let set = Set::new(key, value)
-            .ttl(Ttl::secs(ttl_secs(ttl)))
-            .compare_cas(lease.cas());
+        let set = lease_set(key, value, ttl, lease);
         let result = self.run("set_if_lease_valid", set).await?;
         Ok(result.applied())
     }
@@ -145,4 +132,33 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// The lease read: `mg <key> v f c N<lease_ttl>`.
+pub(super) fn lease_get(key: &str, lease_ttl: Duration) -> Get {
+    Get::new(key).lease_ttl(ttl_secs(lease_ttl))
+}
+
+/// What a lease read answered.
+pub(super) fn lease_outcome(result: GetResult) -> Result<LeaseOutcome, StoreError> {
+    if result.lease_state == LeaseState::Granted {
+        let cas = result.item.cas.ok_or_else(|| StoreError::Protocol {
+            message: "a won lease without the placeholder's CAS".to_string(),
+        })?;
+        return Ok(LeaseOutcome::Won(Lease::new(cas)));
+    }
+    Ok(match (result.value_state, result.status, result.value) {
+        (ValueState::Stale, _, Some(value)) => LeaseOutcome::Stale(value),
+        (ValueState::Fresh, GetStatus::Hit, Some(value)) => LeaseOutcome::Hit(value),
+        // Someone else's placeholder (Z), or a miss that memcached could
+        // not vivify (no memory): either way this caller must not fill.
+        _ => LeaseOutcome::Wait,
+    })
+}
+
+/// The fill's store: `ms <key> T<ttl> C<lease cas>`.
+pub(super) fn lease_set(key: &str, value: &[u8], ttl: Duration, lease: Lease) -> Set {
+    Set::new(key, value)
+        .ttl(Ttl::secs(ttl_secs(ttl)))
+        .compare_cas(lease.cas())
 }

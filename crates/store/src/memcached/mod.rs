@@ -17,6 +17,7 @@
 mod config;
 mod errors;
 mod evictions;
+mod fill;
 mod flush_lists;
 mod generations;
 mod items;
@@ -25,6 +26,7 @@ mod router;
 mod routing;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +34,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::generation::Generation;
-use crate::key::validate_value;
-use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
+use crate::key::{validate_key, validate_keys, validate_value};
+use crate::store::{sequential, CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use config::{
     MemcachedConfig, DEFAULT_ITEM_SIZE_LIMIT, DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT,
     ITEM_OVERHEAD,
@@ -67,7 +69,10 @@ pub use router::{fnv1a64, StableRendezvous};
 /// | `get_with_lease` | `mg <k> v f c N<lease>`: `W` = won (the CAS is the lease), `Z` = wait, `X` = stale |
 /// | `set_if_lease_valid` | `ms <k> T<ttl> C<lease cas>`: `HD` stored; `NF`/`EX` (deleted, expired, replaced) store nothing |
 /// | `release_lease` | `md <k> C<lease cas>` |
+/// | `lease_and_append` | one server holds `q` and every list: `mg <q> v f c N<lease>`, then per list `ms <f> MA N<ttl>` + `ms <f> ME T<ttl>` + `mg <f> T<ttl>`, one batch; otherwise the lease, then `append_to_flush_lists` |
+/// | `append_then_store_if_lease_valid` | one server holds `q` and every list: per list `ms <f> MA N<ttl>` + `ms <f> ME T<ttl>` + `mg <f> T<ttl>`, then `ms <q> T<ttl> C<lease cas>`, one batch (`md <q>` if a registration failed); otherwise `append_to_flush_lists`, then the store |
 /// | `append_to_flush_lists` | `ms <f> MA N<ttl>` + `mg <f> T<ttl>`; on `NS` (no list, on a memcached without append vivify such as 1.6.18) `ms <f> ME T<ttl>`, then append again |
+/// | `append_members_to_flush_list` | as `append_to_flush_lists`, the members' bytes in one append |
 /// | `read_flush_lists` | `mg <f> v c` pipelined; `EN` → no list (`cas: None`) |
 /// | `clear_flush_lists_if_unchanged` | `md <f> C<cas>` pipelined; `HD`/`NF` → `true`, `EX` (changed since the read) → `false` |
 /// | `delete_many` | `md <k>` pipelined; `NF` counts as deleted |
@@ -80,6 +85,8 @@ pub struct MemcachedStore {
     /// `None`: results share the metadata pool.
     results: Option<Pool>,
     config: Arc<MemcachedConfig>,
+    /// Shared with both pools: see [`MemcachedStore::exchanges`].
+    exchanges: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for MemcachedStore {
@@ -105,17 +112,37 @@ impl MemcachedStore {
         config.validate()?;
         let config = Arc::new(config);
         let check = EvictionCheck::connect(&config.servers, config.timeout).await?;
-        let metadata = Pool::connect(&config.servers, Arc::clone(&config), Some(check)).await?;
+        let exchanges = Arc::new(AtomicU64::new(0));
+        let metadata = Pool::connect(
+            &config.servers,
+            Arc::clone(&config),
+            Some(check),
+            Arc::clone(&exchanges),
+        )
+        .await?;
         let results = if config.result_servers.is_empty() {
             None
         } else {
-            Some(Pool::connect(&config.result_servers, Arc::clone(&config), None).await?)
+            let servers = &config.result_servers;
+            let counter = Arc::clone(&exchanges);
+            Some(Pool::connect(servers, Arc::clone(&config), None, counter).await?)
         };
         Ok(MemcachedStore {
             metadata,
             results,
             config,
+            exchanges,
         })
+    }
+
+    /// How many exchanges this store and its clones have had with
+    /// memcached: a command, or a pipelined batch sent to the servers of one
+    /// pool at once, counts one (a call spanning both pools counts one per
+    /// pool, sent concurrently). With one server, that is the number of
+    /// round trips; tests count them (the eviction check at connect is not
+    /// counted).
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
     }
 
     /// The configured metadata servers, in configuration order.
@@ -133,10 +160,7 @@ impl MemcachedStore {
     /// result key when there is one, else in the metadata pool; see
     /// [`StableRendezvous`].
     pub fn server_for_key(&self, key: &str) -> &str {
-        match &self.results {
-            Some(results) if crate::key::is_result_key(key) => results.server_for_key(key),
-            _ => self.metadata.server_for_key(key),
-        }
+        self.pool_of(key).server_for_key(key)
     }
 
     /// The configuration in force.
@@ -207,6 +231,66 @@ impl CacheStore for MemcachedStore {
                 .await
         };
         self.bounded("release_lease", call).await
+    }
+
+    async fn lease_and_append(
+        &self,
+        key: &str,
+        lease_ttl: Duration,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let call = async {
+            validate_key(key)?;
+            validate_keys(list_keys)?;
+            let Some(pool) = self.one_server_for(key, list_keys) else {
+                return sequential::lease_and_append(self, key, lease_ttl, list_keys, list_ttl)
+                    .await;
+            };
+            pool.admit(every_key(key, list_keys)).await?;
+            pool.lease_and_append_now(key, lease_ttl, list_keys, list_ttl)
+                .await
+        };
+        self.bounded("lease_and_append", call).await
+    }
+
+    async fn append_then_store_if_lease_valid(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        lease: Lease,
+        list_keys: &[&str],
+        list_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let call = async {
+            validate_key(key)?;
+            validate_keys(list_keys)?;
+            validate_value(key, value, self.config.max_value_bytes())?;
+            let Some(pool) = self.one_server_for(key, list_keys) else {
+                return sequential::append_then_store(
+                    self, key, value, ttl, lease, list_keys, list_ttl,
+                )
+                .await;
+            };
+            pool.admit(every_key(key, list_keys)).await?;
+            pool.append_then_store_now(key, value, ttl, lease, list_keys, list_ttl)
+                .await
+        };
+        self.bounded("append_then_store_if_lease_valid", call).await
+    }
+
+    async fn append_members_to_flush_list(
+        &self,
+        list_key: &str,
+        members: &[&str],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let call = async {
+            let pool = self.pool_for(list_key).await?;
+            pool.append_members_now(list_key, members, ttl).await
+        };
+        self.bounded("append_members_to_flush_list", call).await
     }
 
     async fn append_to_flush_lists(
@@ -280,4 +364,12 @@ impl CacheStore for MemcachedStore {
         };
         self.bounded("write_heartbeat", call).await
     }
+}
+
+/// `key` and `list_keys`, for one admission check.
+fn every_key<'k>(key: &'k str, list_keys: &[&'k str]) -> Vec<&'k str> {
+    let mut keys = Vec::with_capacity(1 + list_keys.len());
+    keys.push(key);
+    keys.extend_from_slice(list_keys);
+    keys
 }

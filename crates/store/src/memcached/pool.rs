@@ -2,9 +2,10 @@
 //! [`StableRendezvous`]. A [`MemcachedStore`](super::MemcachedStore) has a
 //! metadata pool and, optionally, a result pool.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use memcache::exp::{AsyncMetaClient, Operation};
+use memcache::exp::{AsyncMetaClient, Op, OpResult, Operation};
 
 use super::config::MemcachedConfig;
 use super::errors::map_error;
@@ -21,6 +22,9 @@ pub(super) struct Pool {
     pub(super) config: Arc<MemcachedConfig>,
     /// `Some` for the metadata pool: its servers must not evict.
     pub(super) evictions: Option<Arc<EvictionCheck>>,
+    /// Exchanges with memcached so far, shared by both pools of a store and
+    /// its clones ([`MemcachedStore::exchanges`](super::MemcachedStore::exchanges)).
+    pub(super) exchanges: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -39,6 +43,7 @@ impl Pool {
         servers: &[String],
         config: Arc<MemcachedConfig>,
         evictions: Option<EvictionCheck>,
+        exchanges: Arc<AtomicU64>,
     ) -> Result<Pool, StoreError> {
         let timeout = config.timeout;
         let builder = AsyncMetaClient::builder()
@@ -66,13 +71,15 @@ impl Pool {
             servers: servers.into(),
             config,
             evictions: evictions.map(Arc::new),
+            exchanges,
         })
     }
 
     /// The server (as configured) that owns `key` in this pool.
     pub(super) fn server_for_key(&self, key: &str) -> &str {
-        let index = StableRendezvous::server_index(key.as_bytes(), &self.servers);
-        self.servers.get(index).map_or("", String::as_str)
+        self.servers
+            .get(self.server_index(key))
+            .map_or("", String::as_str)
     }
 
     /// Lets an operation on these keys through once the servers that own
@@ -87,12 +94,24 @@ impl Pool {
         }
     }
 
+    /// The index in this pool's servers of the server that owns `key`.
+    pub(super) fn server_index(&self, key: &str) -> usize {
+        StableRendezvous::server_index(key.as_bytes(), &self.servers)
+    }
+
+    /// Counts one exchange: a command or a pipelined batch sent to the
+    /// servers it spans, concurrently.
+    fn exchange(&self) {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One operation on its server.
     pub(super) async fn run<O: Operation>(
         &self,
         operation: &'static str,
         op: O,
     ) -> Result<O::Output, StoreError> {
+        self.exchange();
         self.client
             .run(op)
             .await
@@ -109,6 +128,7 @@ impl Pool {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        self.exchange();
         let timeout = self.config.timeout;
         self.client
             .run_many(ops)
@@ -117,5 +137,20 @@ impl Pool {
             .into_iter()
             .map(|result| result.map_err(|e| map_error(operation, timeout, e)))
             .collect()
+    }
+
+    /// Operations of any kind, pipelined per server; one answer per
+    /// operation, in order. Only a batch that could not be sent at all (an
+    /// invalid operation) fails as a whole.
+    pub(super) async fn run_batch(
+        &self,
+        operation: &'static str,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Result<OpResult, memcache::exp::Error>>, StoreError> {
+        self.exchange();
+        self.client
+            .run_batch(ops)
+            .await
+            .map_err(|e| map_error(operation, self.config.timeout, e))
     }
 }

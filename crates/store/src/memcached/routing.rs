@@ -48,12 +48,18 @@ impl MemcachedStore {
     /// eviction check).
     pub(super) async fn pool_for(&self, key: &str) -> Result<&Pool, StoreError> {
         validate_key(key)?;
-        let pool = match &self.results {
-            Some(results) if is_result_key(key) => results,
-            _ => &self.metadata,
-        };
+        let pool = self.pool_of(key);
         pool.admit([key]).await?;
         Ok(pool)
+    }
+
+    /// The pool that owns `key`: the result pool for a result key when
+    /// there is one, else the metadata pool. Checks nothing.
+    pub(super) fn pool_of(&self, key: &str) -> &Pool {
+        match &self.results {
+            Some(results) if is_result_key(key) => results,
+            _ => &self.metadata,
+        }
     }
 
     /// Runs `call` on each pool with that pool's items, both pools at once

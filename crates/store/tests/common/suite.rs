@@ -808,3 +808,147 @@ pub async fn append_to_a_full_list_is_refused_not_dropped(h: &Harness) {
         [member]
     );
 }
+
+/// A list at the item size limit: `member`'s appends to it are refused
+/// (grown as in [`append_to_a_full_list_is_refused_not_dropped`]).
+async fn full_list(h: &Harness, name: &str, member: &str) -> String {
+    let list = h.key(name);
+    let mut filler = Vec::new();
+    while filler.len() + member.len() < h.max_value_bytes - 300 {
+        filler.extend_from_slice(member.as_bytes());
+        filler.push(b' ');
+    }
+    h.store.write_heartbeat(&list, &filler, TTL).await.unwrap();
+    for _ in 0..40 {
+        match h.store.append_to_flush_list(&list, member, TTL).await {
+            Ok(()) => {}
+            Err(StoreError::NotStored { .. }) => return list,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    panic!("appends to {list} never hit the size limit");
+}
+
+fn members(lists: &[FlushListSnapshot]) -> Vec<Vec<String>> {
+    lists.iter().map(|l| l.members.clone()).collect()
+}
+
+/// The combined first step of a fill: the lease, and the result key in
+/// every list once it is won; a caller that does not win holds nothing.
+pub async fn lease_and_append_registers_the_winner(h: &Harness) {
+    let key = h.key("q:lease-append");
+    let lists: Vec<String> = (0..3).map(|i| h.key(&format!("f:la{i}"))).collect();
+    let outcome = h
+        .store
+        .lease_and_append(&key, LEASE_TTL, &refs(&lists), TTL)
+        .await
+        .unwrap();
+    let LeaseOutcome::Won(lease) = outcome else {
+        panic!("expected to win, got {outcome:?}");
+    };
+    let read = h.store.read_flush_lists(&refs(&lists)).await.unwrap();
+    assert_eq!(members(&read), vec![vec![key.clone()]; 3]);
+    let second = h
+        .store
+        .lease_and_append(&key, LEASE_TTL, &refs(&lists), TTL)
+        .await
+        .unwrap();
+    assert_eq!(second, LeaseOutcome::Wait);
+    // The registration protects the lease: deleting the members voids it.
+    h.store.delete_many(&[&key]).await.unwrap();
+    assert!(!h
+        .store
+        .set_if_lease_valid(&key, b"late", TTL, lease)
+        .await
+        .unwrap());
+    // No lists: just the lease.
+    let alone = h.key("q:lease-alone");
+    let outcome = h
+        .store
+        .lease_and_append(&alone, LEASE_TTL, &[], TTL)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, LeaseOutcome::Won(_)), "{outcome:?}");
+}
+
+/// A won lease whose registration fails is given back, and the call fails.
+pub async fn lease_and_append_releases_the_lease_when_a_list_refuses(h: &Harness) {
+    let key = h.key("q:lease-refused");
+    let full = full_list(h, "f:la-full", &key).await;
+    let fine = h.key("f:la-fine");
+    let result = h
+        .store
+        .lease_and_append(&key, LEASE_TTL, &[&fine, &full], TTL)
+        .await;
+    match result {
+        Err(StoreError::NotStored { key: refused }) => assert_eq!(refused, full),
+        other => panic!("expected NotStored, got {other:?}"),
+    }
+    won(h.store.as_ref(), &key).await;
+}
+
+/// The combined last step of a fill: the result key in every list, then
+/// the value if the lease holds.
+pub async fn append_then_store_registers_then_stores(h: &Harness) {
+    let key = h.key("q:append-store");
+    let lists: Vec<String> = (0..3).map(|i| h.key(&format!("f:as{i}"))).collect();
+    let lease = won(h.store.as_ref(), &key).await;
+    assert!(h
+        .store
+        .append_then_store_if_lease_valid(&key, b"rows", TTL, lease, &refs(&lists), TTL)
+        .await
+        .unwrap());
+    assert_eq!(value_of(h.store.as_ref(), &key).await.unwrap(), b"rows");
+    let read = h.store.read_flush_lists(&refs(&lists)).await.unwrap();
+    assert_eq!(members(&read), vec![vec![key.clone()]; 3]);
+    // An invalidation in between (the placeholder deleted) voids the store.
+    let voided = h.key("q:append-store-voided");
+    let lease = won(h.store.as_ref(), &voided).await;
+    h.store.delete_many(&[&voided]).await.unwrap();
+    assert!(!h
+        .store
+        .append_then_store_if_lease_valid(&voided, b"stale", TTL, lease, &refs(&lists), TTL)
+        .await
+        .unwrap());
+    assert_eq!(value_of(h.store.as_ref(), &voided).await, None);
+}
+
+/// A value whose registration failed is not left stored, whatever order the
+/// store sent the commands in.
+pub async fn append_then_store_leaves_nothing_when_a_list_refuses(h: &Harness) {
+    let key = h.key("q:append-refused");
+    let full = full_list(h, "f:as-full", &key).await;
+    let fine = h.key("f:as-fine");
+    let lease = won(h.store.as_ref(), &key).await;
+    let result = h
+        .store
+        .append_then_store_if_lease_valid(&key, b"rows", TTL, lease, &[&fine, &full], TTL)
+        .await;
+    match result {
+        Err(StoreError::NotStored { key: refused }) => assert_eq!(refused, full),
+        other => panic!("expected NotStored, got {other:?}"),
+    }
+    assert_eq!(value_of(h.store.as_ref(), &key).await, None);
+}
+
+/// Many members reach one list, each once, in order.
+pub async fn append_members_reach_the_list_in_order(h: &Harness) {
+    let list = h.key("f:members");
+    let members: Vec<String> = (0..5).map(|i| h.key(&format!("q:m{i}"))).collect();
+    h.store
+        .append_members_to_flush_list(&list, &refs(&members[..2]), TTL)
+        .await
+        .unwrap();
+    h.store
+        .append_members_to_flush_list(&list, &refs(&members[2..]), TTL)
+        .await
+        .unwrap();
+    h.store
+        .append_members_to_flush_list(&list, &[], TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.read_flush_list(&list).await.unwrap().members,
+        members
+    );
+}
