@@ -4,6 +4,7 @@
 //! million-row transaction costs memory per table, not per row.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
 
 use cm_keys::{Key, TableKeys};
 use cm_pgoutput::{Lsn, PgTimestamp};
@@ -174,6 +175,94 @@ pub struct CommitInfo {
     pub changes: u64,
     /// Whether the transaction went past the key budget.
     pub coarsened: bool,
+    /// When the Commit message travelled from the server to the worker loop.
+    pub arrival: CommitArrival,
+}
+
+/// When a Commit message was sent, read and received: the first stages of
+/// its [`Stages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitArrival {
+    /// The server sent its XLogData (server clock, like `commit_ts`).
+    pub sent: PgTimestamp,
+    /// The stream task read it off the socket.
+    pub read_at: Instant,
+    /// The worker loop took it from the stream task's channel.
+    pub received_at: Instant,
+}
+
+impl CommitArrival {
+    /// An arrival at this instant (tests and callers without stream times).
+    pub fn now() -> CommitArrival {
+        let now = Instant::now();
+        CommitArrival {
+            sent: PgTimestamp::now(),
+            read_at: now,
+            received_at: now,
+        }
+    }
+}
+
+/// Where one commit spent the time between its commit and its
+/// acknowledgement, stage by stage; the stages follow each other, so they
+/// add up to the commit-to-invalidated lag. A stage whose clocks disagree
+/// (the server's clock ahead of ours) counts as zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stages {
+    /// Commit timestamp to the server sending the Commit (server clock):
+    /// the walsender decoding, or waiting to send.
+    pub commit_to_send: Duration,
+    /// The server sending it to the stream task reading it (across clocks):
+    /// the network, socket buffers, and the stream task waiting to run.
+    pub send_to_read: Duration,
+    /// Read off the socket to taken by the worker loop: the channel, and the
+    /// loop busy with other work.
+    pub read_to_loop: Duration,
+    /// Taken by the loop to its group starting (closing).
+    pub loop_to_group: Duration,
+    /// The group starting to its cache work finishing (the dispatched
+    /// record included).
+    pub group_to_applied: Duration,
+    /// The cache work finishing to the commit being acknowledged, in commit
+    /// order (waiting for earlier groups, and for the loop to notice).
+    pub applied_to_published: Duration,
+}
+
+impl Stages {
+    /// The stages of `commit` of `group`, acknowledged at `acked_at`
+    /// (`acked_wall` on the system clock: the two convert the stream task's
+    /// read instant to wall time, to compare with the server's send time).
+    pub fn of(
+        commit: &CommitInfo,
+        group: &CommitGroup,
+        acked_at: Instant,
+        acked_wall: SystemTime,
+    ) -> Stages {
+        let arrival = &commit.arrival;
+        let started = group.started_at.unwrap_or(acked_at);
+        let applied = group.applied_at.unwrap_or(acked_at);
+        let send_to_read = arrival
+            .sent
+            .to_system_time()
+            .map_or(Duration::ZERO, |sent| {
+                let read_wall = acked_wall
+                    .checked_sub(acked_at.saturating_duration_since(arrival.read_at))
+                    .unwrap_or(acked_wall);
+                read_wall.duration_since(sent).unwrap_or_default()
+            });
+        let commit_to_send =
+            Duration::from_micros(u64::try_from(arrival.sent.0 - commit.commit_ts.0).unwrap_or(0));
+        Stages {
+            commit_to_send,
+            send_to_read,
+            read_to_loop: arrival
+                .received_at
+                .saturating_duration_since(arrival.read_at),
+            loop_to_group: started.saturating_duration_since(arrival.received_at),
+            group_to_applied: applied.saturating_duration_since(started),
+            applied_to_published: acked_at.saturating_duration_since(applied),
+        }
+    }
 }
 
 /// Consecutive committed transactions applied as one unit: the union of
@@ -185,18 +274,39 @@ pub struct CommitInfo {
 pub struct CommitGroup {
     invalidations: TxnInvalidations,
     commits: Vec<CommitInfo>,
+    /// When the group was closed and its application started.
+    started_at: Option<Instant>,
+    /// When its cache work finished.
+    applied_at: Option<Instant>,
 }
 
 impl CommitGroup {
     /// Adds the next committed transaction.
-    pub fn push(&mut self, txn: TxnInvalidations, end_lsn: Lsn, commit_ts: PgTimestamp) {
+    pub fn push(
+        &mut self,
+        txn: TxnInvalidations,
+        end_lsn: Lsn,
+        commit_ts: PgTimestamp,
+        arrival: CommitArrival,
+    ) {
         self.commits.push(CommitInfo {
             end_lsn,
             commit_ts,
             changes: txn.changes(),
             coarsened: txn.coarsened(),
+            arrival,
         });
         self.invalidations.merge(txn);
+    }
+
+    /// Notes that the group closed and its application starts now.
+    pub fn mark_started(&mut self) {
+        self.started_at = Some(Instant::now());
+    }
+
+    /// Notes that the group's cache work finished now.
+    pub fn mark_applied(&mut self) {
+        self.applied_at = Some(Instant::now());
     }
 
     /// Transactions in the group.
@@ -312,8 +422,8 @@ mod tests {
         second.add(invalidation(&space, "b", 2));
         assert!(second.coarsened());
         let mut group = CommitGroup::default();
-        group.push(first, Lsn(10), PgTimestamp(1));
-        group.push(second, Lsn(20), PgTimestamp(2));
+        group.push(first, Lsn(10), PgTimestamp(1), CommitArrival::now());
+        group.push(second, Lsn(20), PgTimestamp(2), CommitArrival::now());
         let union = group.invalidations();
         // a's object and change lists from the first; both tables' generations
         // from the coarsened second.
