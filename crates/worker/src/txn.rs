@@ -441,6 +441,56 @@ mod tests {
         assert_eq!(group.commits().iter().map(|c| c.changes).sum::<u64>(), 3);
     }
 
+    /// The stages follow each other: with agreeing clocks they add up to the
+    /// time from the commit to the acknowledgement, each one measured
+    /// between its own two instants.
+    #[test]
+    fn stages_follow_each_other_and_add_up_to_the_lag() {
+        let ms = Duration::from_millis;
+        let acked_at = Instant::now();
+        let acked_wall = SystemTime::now();
+        // On the timeline, before the acknowledgement: commit 100 ms, sent
+        // 90, read 70, received 60, group started 45, applied 15.
+        let at = |before: u64| acked_at - ms(before);
+        let wall = |before: u64| PgTimestamp::from_system_time(acked_wall - ms(before));
+        let arrival = CommitArrival {
+            sent: wall(90),
+            read_at: at(70),
+            received_at: at(60),
+        };
+        let mut group = CommitGroup::default();
+        group.push(TxnInvalidations::new(1), Lsn(10), wall(100), arrival);
+        group.started_at = Some(at(45));
+        group.applied_at = Some(at(15));
+        let stages = Stages::of(&group.commits()[0], &group, acked_at, acked_wall);
+        let close = |got: Duration, want: u64| got.abs_diff(ms(want)) <= Duration::from_micros(2);
+        assert!(close(stages.commit_to_send, 10), "{stages:?}");
+        assert!(close(stages.send_to_read, 20), "{stages:?}");
+        assert!(close(stages.read_to_loop, 10), "{stages:?}");
+        assert!(close(stages.loop_to_group, 15), "{stages:?}");
+        assert!(close(stages.group_to_applied, 30), "{stages:?}");
+        assert!(close(stages.applied_to_published, 15), "{stages:?}");
+    }
+
+    /// A server clock ahead of ours makes a cross-clock stage zero, not a
+    /// wrapped-around huge value.
+    #[test]
+    fn a_server_clock_ahead_gives_zero_not_garbage() {
+        let acked_at = Instant::now();
+        let acked_wall = SystemTime::now();
+        let ahead = PgTimestamp::from_system_time(acked_wall + Duration::from_secs(5));
+        let arrival = CommitArrival {
+            sent: ahead,
+            read_at: acked_at,
+            received_at: acked_at,
+        };
+        let mut group = CommitGroup::default();
+        group.push(TxnInvalidations::new(1), Lsn(10), ahead, arrival);
+        let stages = Stages::of(&group.commits()[0], &group, acked_at, acked_wall);
+        assert_eq!(stages.send_to_read, Duration::ZERO);
+        assert_eq!(stages.commit_to_send, Duration::ZERO);
+    }
+
     #[test]
     fn a_bump_request_is_kept_alongside_flush_lists() {
         let space = KeySpace::new("t").unwrap();
