@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cm_keys::Heartbeat;
-use cm_worker::{unix_micros_now, Applied, CommitInfo, Observer, Role};
+use cm_worker::{unix_micros_now, Applied, CommitInfo, Observer, Role, Stages};
 use metrics::Unit;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -21,12 +21,23 @@ const CACHE_ERRORS: &str = "cm_invalidator_cache_errors_total";
 const ACK_LSN: &str = "cm_invalidator_ack_lsn";
 const LAG_BYTES: &str = "cm_invalidator_lag_bytes";
 const COMMIT_TO_INVALIDATED: &str = "cm_invalidator_commit_to_invalidated_seconds";
+const STAGE: &str = "cm_invalidator_stage_seconds";
 const HEARTBEAT_AGE: &str = "cm_invalidator_heartbeat_age_seconds";
 const LEADER: &str = "cm_invalidator_leader";
 
 /// Buckets of [`COMMIT_TO_INVALIDATED`], in seconds.
 const COMMIT_TO_INVALIDATED_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `stage` label values of [`STAGE`], in the order a commit passes them.
+const STAGE_NAMES: [&str; 6] = [
+    "commit_to_send",
+    "send_to_read",
+    "read_to_loop",
+    "loop_to_group",
+    "group_to_applied",
+    "applied_to_published",
 ];
 
 /// How often the exporter's histograms are compacted between scrapes.
@@ -41,6 +52,7 @@ pub fn install_exporter() -> Result<PrometheusHandle, BuildError> {
             Matcher::Full(COMMIT_TO_INVALIDATED.into()),
             &COMMIT_TO_INVALIDATED_BUCKETS,
         )?
+        .set_buckets_for_metric(Matcher::Full(STAGE.into()), &COMMIT_TO_INVALIDATED_BUCKETS)?
         .install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -83,6 +95,9 @@ impl Metrics {
             metrics::gauge!(name).set(0.0);
         }
         let _ = metrics::histogram!(COMMIT_TO_INVALIDATED);
+        for stage in STAGE_NAMES {
+            let _ = metrics::histogram!(STAGE, "stage" => stage);
+        }
         Metrics::default()
     }
 
@@ -131,6 +146,20 @@ impl Observer for Metrics {
             if let Ok(elapsed) = committed.elapsed() {
                 metrics::histogram!(COMMIT_TO_INVALIDATED).record(elapsed.as_secs_f64());
             }
+        }
+    }
+
+    fn commit_stages(&self, _commit: &CommitInfo, stages: &Stages) {
+        let durations = [
+            stages.commit_to_send,
+            stages.send_to_read,
+            stages.read_to_loop,
+            stages.loop_to_group,
+            stages.group_to_applied,
+            stages.applied_to_published,
+        ];
+        for (stage, duration) in STAGE_NAMES.into_iter().zip(durations) {
+            metrics::histogram!(STAGE, "stage" => stage).record(duration.as_secs_f64());
         }
     }
 
@@ -187,5 +216,12 @@ fn describe() {
         COMMIT_TO_INVALIDATED,
         Unit::Seconds,
         "Seconds from a transaction's commit to its invalidations being applied"
+    );
+    metrics::describe_histogram!(
+        STAGE,
+        Unit::Seconds,
+        "Seconds a transaction spent in each stage between its commit and its acknowledgement \
+         (commit_to_send, send_to_read, read_to_loop, loop_to_group, group_to_applied, \
+         applied_to_published; they add up to the commit-to-invalidated lag)"
     );
 }

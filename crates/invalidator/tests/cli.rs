@@ -161,4 +161,24 @@ async fn metrics_and_healthz_are_served() {
     }
     let transactions = metric(&body, "cm_invalidator_transactions_total").unwrap();
     assert!(transactions >= 1.0, "{body}");
+    // Every applied commit is timed in every stage (the bench reads these).
+    for stage in [
+        "commit_to_send",
+        "send_to_read",
+        "read_to_loop",
+        "loop_to_group",
+        "group_to_applied",
+        "applied_to_published",
+    ] {
+        let bucket =
+            format!("cm_invalidator_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}}");
+        let count = body
+            .lines()
+            .find_map(|line| line.strip_prefix(&bucket))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert!(
+            count.is_some_and(|count| count >= 1.0),
+            "stage {stage} has no sample:\n{body}"
+        );
+    }
 }

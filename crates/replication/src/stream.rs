@@ -24,7 +24,7 @@
 //! `wal_sender_timeout`, because confirming it would lose it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
@@ -95,6 +95,12 @@ pub struct StreamEvent {
     pub wal_start: Lsn,
     /// XLogData `walEnd`.
     pub wal_end: Lsn,
+    /// XLogData `sendTime`: when the server sent it, on the server's clock
+    /// (the clock of a Commit's `commit_ts`).
+    pub send_time: PgTimestamp,
+    /// When the stream task read it off the socket (the socket read that
+    /// brought it), for the worker's per-stage lag.
+    pub read_at: Instant,
     /// The message.
     pub message: LogicalMessage,
 }
@@ -366,7 +372,8 @@ impl Pump {
                 self.send_status().await?;
                 continue;
             };
-            let (batch, error) = self.read_batch(first).await;
+            let read_at = Instant::now();
+            let (batch, error) = self.read_batch(first, read_at).await;
             if !batch.is_empty() && !self.deliver(batch, stop, &mut ticker).await? {
                 return Ok(());
             }
@@ -379,11 +386,15 @@ impl Pump {
     /// Handles `first` and every further message already buffered, up to
     /// [`MAX_BATCH`] events. An error stops the batch; the events before it
     /// are returned with it.
-    async fn read_batch(&mut self, first: Backend) -> (Vec<StreamEvent>, Option<ReplicationError>) {
+    async fn read_batch(
+        &mut self,
+        first: Backend,
+        read_at: Instant,
+    ) -> (Vec<StreamEvent>, Option<ReplicationError>) {
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(backend) = next.take() {
-            match self.handle(backend).await {
+            match self.handle(backend, read_at).await {
                 Ok(Some(event)) => batch.push(event),
                 Ok(None) => {}
                 Err(error) => return (batch, Some(error)),
@@ -400,8 +411,13 @@ impl Pump {
     }
 
     /// Handles one backend message; returns a decoded event for the
-    /// consumer, already recorded in the gate as received.
-    async fn handle(&mut self, backend: Backend) -> Result<Option<StreamEvent>, ReplicationError> {
+    /// consumer, already recorded in the gate as received; `read_at` is
+    /// when the socket read that brought it returned.
+    async fn handle(
+        &mut self,
+        backend: Backend,
+        read_at: Instant,
+    ) -> Result<Option<StreamEvent>, ReplicationError> {
         let body = match backend {
             Backend::Message(Message::CopyData(body)) => body.into_bytes(),
             Backend::Message(Message::ErrorResponse(body)) => return Err(server_error(&body)),
@@ -442,6 +458,8 @@ impl Pump {
                 Ok(Some(StreamEvent {
                     wal_start: x.wal_start,
                     wal_end: x.wal_end,
+                    send_time: x.send_time,
+                    read_at,
                     message,
                 }))
             }

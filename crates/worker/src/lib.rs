@@ -53,5 +53,5 @@ pub use identity::{identity_verdicts, IdentityVerdict, Verdict};
 pub use observer::{NoObserver, Observer, Role};
 pub use options::{SetupOptions, WorkerOptions};
 pub use sql::connect_sql;
-pub use txn::CommitInfo;
+pub use txn::{CommitArrival, CommitInfo, Stages};
 pub use worker::{Worker, STOP_GRACE};

@@ -7,7 +7,7 @@
 use cm_keys::Heartbeat;
 
 use crate::apply::Applied;
-use crate::txn::CommitInfo;
+use crate::txn::{CommitInfo, Stages};
 
 /// Whether this worker holds its replication slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub trait Observer: Send + Sync {
     /// cache work done for it (a group's work is reported with its first
     /// commit).
     fn commit_applied(&self, _commit: &CommitInfo, _applied: Applied) {}
+
+    /// Where an applied and acknowledged transaction spent its lag, stage by
+    /// stage; called right after [`Observer::commit_applied`] for it.
+    fn commit_stages(&self, _commit: &CommitInfo, _stages: &Stages) {}
 
     /// A heartbeat was written to the cache: everything committed before it
     /// was emitted is invalidated.

@@ -4,6 +4,7 @@
 //! million-row transaction costs memory per table, not per row.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
 
 use cm_keys::{Key, TableKeys};
 use cm_pgoutput::{Lsn, PgTimestamp};
@@ -174,6 +175,94 @@ pub struct CommitInfo {
     pub changes: u64,
     /// Whether the transaction went past the key budget.
     pub coarsened: bool,
+    /// When the Commit message travelled from the server to the worker loop.
+    pub arrival: CommitArrival,
+}
+
+/// When a Commit message was sent, read and received: the first stages of
+/// its [`Stages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitArrival {
+    /// The server sent its XLogData (server clock, like `commit_ts`).
+    pub sent: PgTimestamp,
+    /// The stream task read it off the socket.
+    pub read_at: Instant,
+    /// The worker loop took it from the stream task's channel.
+    pub received_at: Instant,
+}
+
+impl CommitArrival {
+    /// An arrival at this instant (tests and callers without stream times).
+    pub fn now() -> CommitArrival {
+        let now = Instant::now();
+        CommitArrival {
+            sent: PgTimestamp::now(),
+            read_at: now,
+            received_at: now,
+        }
+    }
+}
+
+/// Where one commit spent the time between its commit and its
+/// acknowledgement, stage by stage; the stages follow each other, so they
+/// add up to the commit-to-invalidated lag. A stage whose clocks disagree
+/// (the server's clock ahead of ours) counts as zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stages {
+    /// Commit timestamp to the server sending the Commit (server clock):
+    /// the walsender decoding, or waiting to send.
+    pub commit_to_send: Duration,
+    /// The server sending it to the stream task reading it (across clocks):
+    /// the network, socket buffers, and the stream task waiting to run.
+    pub send_to_read: Duration,
+    /// Read off the socket to taken by the worker loop: the channel, and the
+    /// loop busy with other work.
+    pub read_to_loop: Duration,
+    /// Taken by the loop to its group starting (closing).
+    pub loop_to_group: Duration,
+    /// The group starting to its cache work finishing (the dispatched
+    /// record included).
+    pub group_to_applied: Duration,
+    /// The cache work finishing to the commit being acknowledged, in commit
+    /// order (waiting for earlier groups, and for the loop to notice).
+    pub applied_to_published: Duration,
+}
+
+impl Stages {
+    /// The stages of `commit` of `group`, acknowledged at `acked_at`
+    /// (`acked_wall` on the system clock: the two convert the stream task's
+    /// read instant to wall time, to compare with the server's send time).
+    pub fn of(
+        commit: &CommitInfo,
+        group: &CommitGroup,
+        acked_at: Instant,
+        acked_wall: SystemTime,
+    ) -> Stages {
+        let arrival = &commit.arrival;
+        let started = group.started_at.unwrap_or(acked_at);
+        let applied = group.applied_at.unwrap_or(acked_at);
+        let send_to_read = arrival
+            .sent
+            .to_system_time()
+            .map_or(Duration::ZERO, |sent| {
+                let read_wall = acked_wall
+                    .checked_sub(acked_at.saturating_duration_since(arrival.read_at))
+                    .unwrap_or(acked_wall);
+                read_wall.duration_since(sent).unwrap_or_default()
+            });
+        let commit_to_send =
+            Duration::from_micros(u64::try_from(arrival.sent.0 - commit.commit_ts.0).unwrap_or(0));
+        Stages {
+            commit_to_send,
+            send_to_read,
+            read_to_loop: arrival
+                .received_at
+                .saturating_duration_since(arrival.read_at),
+            loop_to_group: started.saturating_duration_since(arrival.received_at),
+            group_to_applied: applied.saturating_duration_since(started),
+            applied_to_published: acked_at.saturating_duration_since(applied),
+        }
+    }
 }
 
 /// Consecutive committed transactions applied as one unit: the union of
@@ -185,18 +274,39 @@ pub struct CommitInfo {
 pub struct CommitGroup {
     invalidations: TxnInvalidations,
     commits: Vec<CommitInfo>,
+    /// When the group was closed and its application started.
+    started_at: Option<Instant>,
+    /// When its cache work finished.
+    applied_at: Option<Instant>,
 }
 
 impl CommitGroup {
     /// Adds the next committed transaction.
-    pub fn push(&mut self, txn: TxnInvalidations, end_lsn: Lsn, commit_ts: PgTimestamp) {
+    pub fn push(
+        &mut self,
+        txn: TxnInvalidations,
+        end_lsn: Lsn,
+        commit_ts: PgTimestamp,
+        arrival: CommitArrival,
+    ) {
         self.commits.push(CommitInfo {
             end_lsn,
             commit_ts,
             changes: txn.changes(),
             coarsened: txn.coarsened(),
+            arrival,
         });
         self.invalidations.merge(txn);
+    }
+
+    /// Notes that the group closed and its application starts now.
+    pub fn mark_started(&mut self) {
+        self.started_at = Some(Instant::now());
+    }
+
+    /// Notes that the group's cache work finished now.
+    pub fn mark_applied(&mut self) {
+        self.applied_at = Some(Instant::now());
     }
 
     /// Transactions in the group.
@@ -312,8 +422,8 @@ mod tests {
         second.add(invalidation(&space, "b", 2));
         assert!(second.coarsened());
         let mut group = CommitGroup::default();
-        group.push(first, Lsn(10), PgTimestamp(1));
-        group.push(second, Lsn(20), PgTimestamp(2));
+        group.push(first, Lsn(10), PgTimestamp(1), CommitArrival::now());
+        group.push(second, Lsn(20), PgTimestamp(2), CommitArrival::now());
         let union = group.invalidations();
         // a's object and change lists from the first; both tables' generations
         // from the coarsened second.
@@ -329,6 +439,56 @@ mod tests {
         let lsns: Vec<Lsn> = group.commits().iter().map(|c| c.end_lsn).collect();
         assert_eq!(lsns, [Lsn(10), Lsn(20)]);
         assert_eq!(group.commits().iter().map(|c| c.changes).sum::<u64>(), 3);
+    }
+
+    /// The stages follow each other: with agreeing clocks they add up to the
+    /// time from the commit to the acknowledgement, each one measured
+    /// between its own two instants.
+    #[test]
+    fn stages_follow_each_other_and_add_up_to_the_lag() {
+        let ms = Duration::from_millis;
+        let acked_at = Instant::now();
+        let acked_wall = SystemTime::now();
+        // On the timeline, before the acknowledgement: commit 100 ms, sent
+        // 90, read 70, received 60, group started 45, applied 15.
+        let at = |before: u64| acked_at - ms(before);
+        let wall = |before: u64| PgTimestamp::from_system_time(acked_wall - ms(before));
+        let arrival = CommitArrival {
+            sent: wall(90),
+            read_at: at(70),
+            received_at: at(60),
+        };
+        let mut group = CommitGroup::default();
+        group.push(TxnInvalidations::new(1), Lsn(10), wall(100), arrival);
+        group.started_at = Some(at(45));
+        group.applied_at = Some(at(15));
+        let stages = Stages::of(&group.commits()[0], &group, acked_at, acked_wall);
+        let close = |got: Duration, want: u64| got.abs_diff(ms(want)) <= Duration::from_micros(2);
+        assert!(close(stages.commit_to_send, 10), "{stages:?}");
+        assert!(close(stages.send_to_read, 20), "{stages:?}");
+        assert!(close(stages.read_to_loop, 10), "{stages:?}");
+        assert!(close(stages.loop_to_group, 15), "{stages:?}");
+        assert!(close(stages.group_to_applied, 30), "{stages:?}");
+        assert!(close(stages.applied_to_published, 15), "{stages:?}");
+    }
+
+    /// A server clock ahead of ours makes a cross-clock stage zero, not a
+    /// wrapped-around huge value.
+    #[test]
+    fn a_server_clock_ahead_gives_zero_not_garbage() {
+        let acked_at = Instant::now();
+        let acked_wall = SystemTime::now();
+        let ahead = PgTimestamp::from_system_time(acked_wall + Duration::from_secs(5));
+        let arrival = CommitArrival {
+            sent: ahead,
+            read_at: acked_at,
+            received_at: acked_at,
+        };
+        let mut group = CommitGroup::default();
+        group.push(TxnInvalidations::new(1), Lsn(10), ahead, arrival);
+        let stages = Stages::of(&group.commits()[0], &group, acked_at, acked_wall);
+        assert_eq!(stages.send_to_read, Duration::ZERO);
+        assert_eq!(stages.commit_to_send, Duration::ZERO);
     }
 
     #[test]

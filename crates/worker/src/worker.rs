@@ -22,7 +22,7 @@
 //! server that does not answer) is dropped, which confirms nothing more.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cm_keys::{Heartbeat, KeySpace, SchemaConfig, WorkerState};
 use cm_pgoutput::{LogicalMessage, Lsn, Message, PgTimestamp, Xid};
@@ -49,7 +49,7 @@ use crate::progress::{starting_record, write_starting_record, DispatchGate, Prog
 use crate::retry::{retry_store, Backoff};
 use crate::slot_identity::{flush_reason, read_state, starting_bound, write_state};
 use crate::sql::connect_sql;
-use crate::txn::{CommitGroup, TxnInvalidations};
+use crate::txn::{CommitArrival, CommitGroup, Stages, TxnInvalidations};
 
 /// Most transactions applied as one [`CommitGroup`].
 const MAX_GROUP: usize = 64;
@@ -366,7 +366,12 @@ impl Worker {
                         LogicalMessage::Commit(commit) => {
                             if let Some(OpenTxn { invalidations, commit_ts, xid }) = txn.take() {
                                 let changes_schema = invalidations.changes_schema();
-                                group.push(invalidations, commit.end_lsn, commit_ts);
+                                let arrival = CommitArrival {
+                                    sent: event.send_time,
+                                    read_at: event.read_at,
+                                    received_at: Instant::now(),
+                                };
+                                group.push(invalidations, commit.end_lsn, commit_ts, arrival);
                                 if changes_schema {
                                     // Before any later change is mapped: they
                                     // must land on the new layout. Nothing of
@@ -480,7 +485,8 @@ impl Worker {
     /// Starts applying the commits gathered so far, if any.
     fn start_group(&self, pipeline: &mut Pipeline, group: &mut CommitGroup, progress: &Progress) {
         if !group.is_empty() {
-            let group = std::mem::take(group);
+            let mut group = std::mem::take(group);
+            group.mark_started();
             // A group with nothing to change in the cache dispatches nothing.
             let gate = group
                 .last_end_lsn()
@@ -503,25 +509,29 @@ impl Worker {
         }
         // The group's cache work is counted once, with its first commit.
         let mut applied = Some(applied);
+        let (acked_at, acked_wall) = (Instant::now(), SystemTime::now());
         for commit in group.commits() {
             acker.commit_done(commit.end_lsn)?;
             self.observer
                 .commit_applied(commit, applied.take().unwrap_or_default());
+            let stages = Stages::of(commit, group, acked_at, acked_wall);
+            self.observer.commit_stages(commit, &stages);
         }
         Ok(())
     }
 
     /// A future that applies `group` (retrying cache errors) and hands it
     /// back; nothing changes in the cache before `gate` opens.
-    fn applying(&self, group: CommitGroup, gate: Option<DispatchGate>) -> ApplyFuture {
+    fn applying(&self, mut group: CommitGroup, gate: Option<DispatchGate>) -> ApplyFuture {
         let store = Arc::clone(&self.store);
         let observer = Arc::clone(&self.observer);
         let max_backoff = self.options.max_backoff;
         Box::pin(async move {
-            let txn = group.invalidations();
             let Some(gate) = gate else {
+                group.mark_applied();
                 return Ok((Applied::default(), group));
             };
+            let txn = group.invalidations();
             let applied = retry_store(
                 max_backoff,
                 observer.as_ref(),
@@ -529,6 +539,7 @@ impl Worker {
                 || apply_once(store.as_ref(), txn, &gate),
             )
             .await?;
+            group.mark_applied();
             Ok((applied, group))
         })
     }
