@@ -3,7 +3,7 @@
 //! statement cache and the counters.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -76,6 +76,10 @@ pub struct QueryCache {
     pub(crate) metrics: Metrics,
     /// The queue of stored results to the inspection registry's writer.
     pub(crate) registry: InspectionRegistry,
+    /// How often this cache saw the schema version move: part of the text
+    /// statements are prepared by, so none prepared before a change is run
+    /// after it.
+    schema_changes_seen: AtomicU64,
     /// Whether a fill ever came from a hot standby: from then on every fill
     /// reads the invalidator's dispatched LSN beside its query.
     pub(crate) replica_seen: AtomicBool,
@@ -125,6 +129,7 @@ impl QueryCache {
             metrics: Metrics::default(),
             registry,
             replica_seen: AtomicBool::new(false),
+            schema_changes_seen: AtomicU64::new(0),
         })
     }
 
@@ -187,6 +192,7 @@ impl QueryCache {
     /// Drops every learned statement: the schema version moved.
     pub(crate) fn schema_changed(&self) {
         self.metrics.schema_changes();
+        self.schema_changes_seen.fetch_add(1, Ordering::Relaxed);
         self.statements.clear();
         // Column names by attnum change with renames, drops and re-creates.
         self.attribute_names
@@ -251,6 +257,12 @@ impl QueryCache {
 
     fn model_state(&self) -> ModelState {
         self.model.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How often this cache saw the schema version move (and dropped what
+    /// it had learned).
+    pub(crate) fn schema_changes_seen(&self) -> u64 {
+        self.schema_changes_seen.load(Ordering::Relaxed)
     }
 
     /// The counters so far.

@@ -142,13 +142,19 @@ impl<C: Borrow<Client>> CachingClient<C> {
     /// Makes this session's reads wait for `token` too (e.g. one carried
     /// in from another request); the later token wins.
     pub fn remember_write(&self, token: WriteToken) {
-        let mut last = self.last_write.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *last = Some(token.max(*last));
     }
 
     /// This session's newest write token.
     pub fn last_write_token(&self) -> Option<WriteToken> {
-        *self.last_write.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .last_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a transaction on the underlying client. Its reads never touch

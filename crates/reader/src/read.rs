@@ -187,6 +187,22 @@ struct Fill<'a> {
     learned_types: Option<&'a [Type]>,
 }
 
+/// The text a fill prepares, and a connection's statement cache keeps it
+/// by: the statement, with the cache's count of schema changes seen
+/// ([`QueryCache::schema_changes_seen`]) in a trailing comment once there
+/// was one. A prepared statement keeps the relations its names resolved
+/// to when it was prepared, and PostgreSQL does not re-resolve them when
+/// DDL creates a relation that now shadows one on the `search_path` (a view
+/// in an earlier schema): once the schema version moved, every statement
+/// must be prepared afresh, and a new text is a new cache entry, in our
+/// client's cache and in a pool's alike.
+fn statement_text(sql: &str, schema_changes: u64) -> std::borrow::Cow<'_, str> {
+    match schema_changes {
+        0 => sql.into(),
+        changes => format!("{sql}\n/* cm schema change {changes} */").into(),
+    }
+}
+
 /// Whether the statement runs in a transaction of its own, and the replay
 /// position when the server is a hot standby (NULL on a primary). Outside a
 /// transaction block, a simple-protocol query starts its own transaction at
@@ -229,9 +245,16 @@ where
 {
     let learned_types = fill.and_then(|fill| fill.learned_types);
     let model = fill.and_then(|fill| fill.model);
-    let (statement, executed) = execute(connection, sql, params, learned_types, model.is_some())
-        .await
-        .map_err(ReaderError::from)?;
+    let executed = match fill {
+        Some(_) => {
+            let text = statement_text(sql, cache.schema_changes_seen());
+            execute(connection, &text, params, learned_types, model.is_some()).await
+        }
+        // A read-through is prepared on its own, never from a cache: with
+        // no learned statement there is no schema version to key it by.
+        None => run_unprepared(connection.client(), sql, params).await,
+    };
+    let (statement, executed) = executed.map_err(ReaderError::from)?;
     let client = connection.client();
     let set = RowSet::capture(statement.columns(), &executed.rows)?;
     let Some(model) = model else {
@@ -301,6 +324,17 @@ async fn execute<C: SourceConnection>(
         }
         result => result.map(|executed| (statement, executed)),
     }
+}
+
+/// Prepares `sql` afresh (no statement cache) and runs it.
+async fn run_unprepared(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(Statement, Executed), tokio_postgres::Error> {
+    let statement = client.prepare(sql).await?;
+    let executed = run(client, &statement, params, false).await?;
+    Ok((statement, executed))
 }
 
 /// Runs a prepared statement; with `check`, the transaction-block checks
