@@ -5,15 +5,13 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cm_keys::{KeySpace, SchemaConfig};
+use cm_keys::SchemaConfig;
 use cm_reader::{CachingClient, QueryCache, ReaderOptions};
-use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::TestEnv;
 
 use support::connect;
-use support::invalidator;
+use support::invalidator::Seeded;
 use support::ops::Value;
 use support::readers::{self, Read, QUERIES};
 use support::schema;
@@ -28,40 +26,12 @@ async fn each_write_invalidates_counts_and_lists() {
         .await
         .unwrap()
         .unwrap();
-    env.pg.psql(schema::SCHEMA).unwrap();
-    env.pg.psql(&schema::seed_sql()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("invalidator.toml");
-    let prefix = env.memcached.key_prefix().to_owned();
-    std::fs::write(
-        &config,
-        schema::invalidator_toml(
-            &env.pg.url(),
-            &env.pg.unique_name("cm_f"),
-            env.memcached.addr(),
-            &prefix,
-        ),
-    )
-    .unwrap();
-    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
-        .await
-        .unwrap();
-    let store: Arc<dyn CacheStore> = Arc::new(
-        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
-            .await
-            .unwrap(),
-    );
-    let space = KeySpace::new(prefix).unwrap();
-    let admin = connect(&env.pg.url()).await;
-    let fence = || async {
-        invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
-            .await
-            .unwrap();
-    };
-    fence().await;
+    let seeded = Seeded::start(&env, env.memcached.addr(), "cm_f").await;
+    let (store, space, admin) = (&seeded.store, &seeded.space, &seeded.admin);
+    let fence = || seeded.fence();
     let cache = Arc::new(
         QueryCache::discover(
-            &admin,
+            admin,
             space.clone(),
             store.clone(),
             &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
@@ -131,7 +101,7 @@ async fn each_write_invalidates_counts_and_lists() {
         fence().await;
         for read in &reads {
             let cached = readers::cached(&client, read).await.unwrap();
-            let direct = readers::direct(&admin, read).await.unwrap();
+            let direct = readers::direct(admin, read).await.unwrap();
             if cached != direct {
                 failures.push(format!(
                     "after {write}: {} {:?}: cached {cached:?}, postgres {direct:?}",

@@ -11,14 +11,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_keys::{KeySpace, SchemaConfig};
+use cm_keys::SchemaConfig;
 use cm_reader::{CachingClient, Outcome, QueryCache, QueryOptions, ReaderOptions, WriteToken};
-use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::{PgReplica, TestEnv};
 
 use support::connect;
 use support::delay::DelayProxy;
-use support::invalidator;
+use support::invalidator::Seeded;
 use support::schema;
 
 const READ: &str = "SELECT name FROM author WHERE id = $1";
@@ -32,37 +31,13 @@ async fn a_token_read_never_returns_the_pre_commit_result_while_the_worker_is_sl
         .await
         .unwrap()
         .unwrap();
-    env.pg.psql(schema::SCHEMA).unwrap();
-    env.pg.psql(&schema::seed_sql()).unwrap();
     let proxy = DelayProxy::start(env.memcached.addr(), WORKER_DELAY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("invalidator.toml");
-    let prefix = env.memcached.key_prefix().to_owned();
-    let toml = schema::invalidator_toml(
-        &env.pg.url(),
-        &env.pg.unique_name("cm_rw"),
-        proxy.addr(),
-        &prefix,
-    );
-    std::fs::write(&config, toml).unwrap();
-    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
-        .await
-        .unwrap();
-    let store: Arc<dyn CacheStore> = Arc::new(
-        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
-            .await
-            .unwrap(),
-    );
-    let space = KeySpace::new(prefix).unwrap();
-    let admin = connect(&env.pg.url()).await;
-    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let seeded = Seeded::start(&env, proxy.addr(), "cm_rw").await;
     let cache = Arc::new(
         QueryCache::discover(
-            &admin,
-            space,
-            store,
+            &seeded.admin,
+            seeded.space.clone(),
+            seeded.store.clone(),
             &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
             ReaderOptions {
                 publication: Some("cm_pub".into()),
@@ -127,38 +102,14 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
         .await
         .unwrap()
         .unwrap();
-    env.pg.psql(schema::SCHEMA).unwrap();
-    env.pg.psql(&schema::seed_sql()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("invalidator.toml");
-    let prefix = env.memcached.key_prefix().to_owned();
-    let toml = schema::invalidator_toml(
-        &env.pg.url(),
-        &env.pg.unique_name("cm_rs"),
-        env.memcached.addr(),
-        &prefix,
-    );
-    std::fs::write(&config, toml).unwrap();
-    let _worker = invalidator::set_up_and_run(&config, &dir.path().join("worker.log"))
-        .await
-        .unwrap();
-    let store: Arc<dyn CacheStore> = Arc::new(
-        MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
-            .await
-            .unwrap(),
-    );
-    let space = KeySpace::new(prefix).unwrap();
-    let admin = connect(&env.pg.url()).await;
-    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let seeded = Seeded::start(&env, env.memcached.addr(), "cm_rs").await;
     let replica = tokio::task::block_in_place(|| PgReplica::start(&env.pg)).unwrap();
     let standby = connect(&replica.url()).await;
     let cache = Arc::new(
         QueryCache::discover(
             &standby,
-            space.clone(),
-            store.clone(),
+            seeded.space.clone(),
+            seeded.store.clone(),
             &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
             ReaderOptions {
                 publication: Some("cm_pub".into()),
@@ -189,9 +140,7 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
     env.pg
         .psql(&format!("UPDATE author SET name = 'after' WHERE id = {id}"))
         .unwrap();
-    invalidator::fence(&admin, &store, &space, Duration::from_secs(30))
-        .await
-        .unwrap();
+    seeded.fence().await;
     let behind = cache.metrics().replica_behind;
     let (seen, outcome) = name(&reader, id, QueryOptions::new()).await;
     assert_ne!(

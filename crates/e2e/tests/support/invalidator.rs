@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cm_keys::{Heartbeat, KeySpace};
-use cm_store::{read_heartbeat, CacheStore};
+use cm_store::{read_heartbeat, CacheStore, MemcachedConfig, MemcachedStore};
 
 /// The `cm-invalidator` binary: `$CM_E2E_INVALIDATOR_BIN`, else built with
 /// cargo into the target directory this test runs from (a no-op when it is
@@ -161,5 +161,68 @@ pub async fn wait_applied(
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cm-invalidator binary running over a test database seeded with
+/// [`super::schema`], and what a test reads its cache with.
+pub struct Seeded {
+    /// The worker process (killed on drop).
+    pub worker: Worker,
+    /// A store over the test's memcached (the readers' view).
+    pub store: Arc<dyn CacheStore>,
+    /// The key space the worker writes.
+    pub space: KeySpace,
+    /// A plain connection to the test database.
+    pub admin: tokio_postgres::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Seeded {
+    /// Creates and seeds the schema, then sets up and runs the worker with
+    /// slot `slot`, its memcached at `worker_memcached` (the test's own,
+    /// or a proxy in front of it), and waits until it has caught up.
+    pub async fn start(env: &cm_testkit::TestEnv, worker_memcached: &str, slot: &str) -> Seeded {
+        env.pg.psql(super::schema::SCHEMA).unwrap();
+        env.pg.psql(&super::schema::seed_sql()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("invalidator.toml");
+        let prefix = env.memcached.key_prefix().to_owned();
+        let toml = super::schema::invalidator_toml(
+            &env.pg.url(),
+            &env.pg.unique_name(slot),
+            worker_memcached,
+            &prefix,
+        );
+        std::fs::write(&config, toml).unwrap();
+        let worker = set_up_and_run(&config, &dir.path().join("worker.log"))
+            .await
+            .unwrap();
+        let store: Arc<dyn CacheStore> = Arc::new(
+            MemcachedStore::connect(MemcachedConfig::new([env.memcached.addr().to_owned()]))
+                .await
+                .unwrap(),
+        );
+        let seeded = Seeded {
+            worker,
+            store,
+            space: KeySpace::new(prefix).unwrap(),
+            admin: super::connect(&env.pg.url()).await,
+            _dir: dir,
+        };
+        seeded.fence().await;
+        seeded
+    }
+
+    /// Waits until the worker has applied everything committed so far.
+    pub async fn fence(&self) {
+        fence(
+            &self.admin,
+            &self.store,
+            &self.space,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     }
 }
