@@ -17,7 +17,7 @@
 //! * a heartbeat message is acknowledged once a record carrying it is
 //!   written.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cm_keys::Heartbeat;
 use cm_pgoutput::Lsn;
@@ -29,6 +29,12 @@ use crate::error::WorkerError;
 use crate::heartbeat::unix_micros_now;
 use crate::observer::Observer;
 use crate::retry::retry_store;
+
+/// The shortest time between two writes that only move the applied LSN:
+/// while commits are applied back to back (a catch-up), rewriting the
+/// record after every group would cost a memcached write per round trip;
+/// a token read waits at most this much longer for it.
+const APPLIED_PACE: Duration = Duration::from_millis(1);
 
 /// How long the record lives without being rewritten.
 const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -182,6 +188,7 @@ impl Writer {
         written: watch::Sender<Heartbeat>,
         mut last: Heartbeat,
     ) -> WorkerError {
+        let mut last_write = Instant::now();
         loop {
             let mut next = *wanted.borrow_and_update();
             next.applied_lsn = next.applied_lsn.max(applied.borrow_and_update().0);
@@ -198,7 +205,19 @@ impl Writer {
                 }
                 continue;
             }
+            let applied_only = next.lsn == last.lsn && next.dispatched_lsn == last.dispatched_lsn;
+            let paced = last_write + APPLIED_PACE;
+            if applied_only && Instant::now() < paced {
+                // Nobody waits for this write; a dispatch or a heartbeat
+                // ends the pause at once.
+                tokio::select! {
+                    () = tokio::time::sleep_until(paced.into()) => {}
+                    _ = wanted.changed() => {}
+                }
+                continue;
+            }
             next.applied_unix_micros = unix_micros_now();
+            last_write = Instant::now();
             if let Err(error) = self.write(&next).await {
                 return error;
             }
