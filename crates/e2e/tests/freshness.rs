@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cm_keys::SchemaConfig;
-use cm_reader::{CachingClient, Outcome, QueryCache, QueryOptions, ReaderOptions, WriteToken};
+use cm_reader::{
+    CachingClient, Outcome, QueryCache, QueryOptions, ReaderError, ReaderOptions, WriteToken,
+};
 use cm_testkit::{PgReplica, TestEnv};
 
 use support::connect;
@@ -154,6 +156,29 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
         "the standby's fill was stored"
     );
 
+    // A read with the write's token cannot be answered by the paused
+    // standby: it fails after the token wait rather than return the old
+    // name.
+    let token: WriteToken = env
+        .pg
+        .psql(cm_reader::WRITE_TOKEN_SQL)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let with_token = QueryOptions::new()
+        .after(token)
+        .token_wait(Duration::from_millis(300));
+    let refused = reader
+        .with(with_token.clone())
+        .query(READ, &[&id])
+        .await
+        .map(|rows| rows[0].get::<String>(0));
+    assert!(
+        matches!(refused, Err(ReaderError::NotReplayed { .. })),
+        "a token read on the paused standby returned {refused:?}"
+    );
+
     replica.resume_replay().unwrap();
     let primary_lsn = replica.primary_lsn().unwrap();
     tokio::task::block_in_place(|| replica.wait_for_replay(primary_lsn, Duration::from_secs(30)))
@@ -163,6 +188,7 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
         seen, "after",
         "a stale fill from the paused standby was served"
     );
+    assert_eq!(name(&reader, id, with_token).await.0, "after");
     let (seen, outcome) = name(&reader, id, QueryOptions::new()).await;
     assert_eq!((seen.as_str(), outcome), ("after", Outcome::Hit));
 }

@@ -47,6 +47,19 @@ pub enum ReaderError {
     /// [`ReaderError::Database`].
     #[error("getting a database connection: {0}")]
     Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A read with a write token ran on a hot standby that had not
+    /// replayed the token within the token wait: its result would predate
+    /// the token's commit. Read from the primary, or wait longer.
+    #[error(
+        "the standby has replayed WAL up to {replayed} but not the write token {token} \
+         within the token wait; read from the primary or raise token_wait"
+    )]
+    NotReplayed {
+        /// The read's write token.
+        token: crate::WriteToken,
+        /// The standby's replay position at the last try.
+        replayed: crate::WriteToken,
+    },
 }
 
 impl From<tokio_postgres::Error> for ReaderError {

@@ -6,12 +6,13 @@
 //! it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres_types::{ToSql, Type};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement as PgStatement};
 use tracing::field::display;
 use tracing::Instrument;
 
@@ -24,6 +25,7 @@ use crate::options::QueryOptions;
 use crate::row::RowSet;
 use crate::source::{ConnectionSource, LazyConnection, SourceConnection};
 use crate::telemetry::{ReadOutcome, ReadThrough, ReadTrace};
+use crate::token::WriteToken;
 
 /// One read, in its `cached_read` span: the learned statement (learned on a
 /// connection from `source` the first time), the cache plan, then the
@@ -101,13 +103,20 @@ impl Read<'_> {
             learned_types: Some(info.param_types.as_slice()),
         });
         let (cache, sql, params) = (self.cache, self.sql, self.params);
+        let token = self.token_wait();
         cache
             .get_or_fill(&plan, trace, move || async move {
                 // Taken here and dropped before the result is registered and
                 // stored: a pool gets its connection back as soon as the
                 // statement has run.
                 let connection = connection.into_connection().await?;
-                let read = read_database(&connection, cache, sql, params, make, fill).await?;
+                let statement = Statement {
+                    sql,
+                    params,
+                    fill,
+                    token,
+                };
+                let read = read_database(&connection, cache, statement, make).await?;
                 Ok::<_, ReaderError>(Fetched {
                     payload: read.payload,
                     cacheable: read.keys.is_some(),
@@ -155,6 +164,16 @@ impl Read<'_> {
             .plan_for(info, self.options, self.kind, self.sql, serialised)
     }
 
+    /// The read's write token and how long its database read may wait for
+    /// a standby to replay it.
+    fn token_wait(&self) -> Option<(WriteToken, Duration)> {
+        let wait = self
+            .options
+            .token_wait
+            .unwrap_or(self.cache.options.token_wait);
+        self.options.after.map(|token| (token, wait))
+    }
+
     /// The database without the cache, for `outcome`'s reason.
     async fn read_through<S, P, M>(
         &self,
@@ -170,7 +189,13 @@ impl Read<'_> {
         self.cache.metrics.bypasses();
         let result = match connection.get().await {
             Ok(connection) => {
-                read_database(connection, self.cache, self.sql, self.params, make, None).await
+                let statement = Statement {
+                    sql: self.sql,
+                    params: self.params,
+                    fill: None,
+                    token: self.token_wait(),
+                };
+                read_database(connection, self.cache, statement, make).await
             }
             Err(error) => Err(error),
         };
@@ -225,36 +250,77 @@ struct DatabaseRead<P> {
     replayed: Option<u64>,
 }
 
+/// One statement to run on the database: its text and parameters, what a
+/// fill needs, and the read's write token with its wait.
+struct Statement<'a> {
+    sql: &'a str,
+    params: &'a [&'a (dyn ToSql + Sync)],
+    fill: Option<Fill<'a>>,
+    token: Option<(WriteToken, Duration)>,
+}
+
+/// How often a read with a write token runs its statement again on a
+/// standby that has not replayed the token yet.
+const REPLAY_POLL: Duration = Duration::from_millis(1);
+
 /// Runs the statement on `connection`; for a fill (`fill` with a model),
 /// also the keys of the rows' objects and their FK parents. `None` keys
 /// mean "do not store": the column origins could not be looked up (the
 /// neighbour links would be missing), or the session is inside a
 /// transaction block, whose reads may hold uncommitted writes that a
 /// rollback would leave cached forever.
+///
+/// With a write token, a standby that had not replayed it when the
+/// statement ran is asked again until it has, up to the token's wait; then
+/// the read fails with [`ReaderError::NotReplayed`] rather than return a
+/// result from before the token's commit (`docs/freshness.md`).
 async fn read_database<C, P, M>(
     connection: &C,
     cache: &QueryCache,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
+    statement: Statement<'_>,
     make: M,
-    fill: Option<Fill<'_>>,
 ) -> Result<DatabaseRead<P>, ReaderError>
 where
     C: SourceConnection,
     M: FnOnce(&[Row], RowSet) -> Result<P, tokio_postgres::Error>,
 {
+    let Statement {
+        sql,
+        params,
+        fill,
+        token,
+    } = statement;
     let learned_types = fill.and_then(|fill| fill.learned_types);
     let model = fill.and_then(|fill| fill.model);
-    let executed = match fill {
-        Some(_) => {
-            let text = statement_text(sql, cache.schema_changes_seen());
-            execute(connection, &text, params, learned_types, model.is_some()).await
+    // The checks (transaction block, replay position) run for a fill, and
+    // for any read with a token.
+    let check = model.is_some() || token.is_some();
+    let until = token.map(|(token, wait)| (token, Instant::now() + wait));
+    let (statement, executed) = loop {
+        let executed = match fill {
+            Some(_) => {
+                let text = statement_text(sql, cache.schema_changes_seen());
+                execute(connection, &text, params, learned_types, check).await
+            }
+            // A read-through is prepared on its own, never from a cache:
+            // with no learned statement there is no schema version to key
+            // it by.
+            None => run_unprepared(connection.client(), sql, params, check).await,
+        };
+        let (statement, executed) = executed.map_err(ReaderError::from)?;
+        match (until, executed.replayed) {
+            (Some((token, until)), Some(replayed)) if replayed < token.lsn() => {
+                if Instant::now() >= until {
+                    return Err(ReaderError::NotReplayed {
+                        token,
+                        replayed: WriteToken::from_lsn(replayed),
+                    });
+                }
+                tokio::time::sleep(REPLAY_POLL).await;
+            }
+            _ => break (statement, executed),
         }
-        // A read-through is prepared on its own, never from a cache: with
-        // no learned statement there is no schema version to key it by.
-        None => run_unprepared(connection.client(), sql, params).await,
     };
-    let (statement, executed) = executed.map_err(ReaderError::from)?;
     let client = connection.client();
     let set = RowSet::capture(statement.columns(), &executed.rows)?;
     let Some(model) = model else {
@@ -309,7 +375,7 @@ async fn execute<C: SourceConnection>(
     params: &[&(dyn ToSql + Sync)],
     learned_types: Option<&[Type]>,
     check: bool,
-) -> Result<(Statement, Executed), tokio_postgres::Error> {
+) -> Result<(PgStatement, Executed), tokio_postgres::Error> {
     let mut statement = connection.prepare(sql).await?;
     if learned_types.is_some_and(|types| types != statement.params()) {
         connection.forget_prepared(sql);
@@ -326,14 +392,16 @@ async fn execute<C: SourceConnection>(
     }
 }
 
-/// Prepares `sql` afresh (no statement cache) and runs it.
+/// Prepares `sql` afresh (no statement cache) and runs it, with the
+/// checks when `check`.
 async fn run_unprepared(
     client: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<(Statement, Executed), tokio_postgres::Error> {
+    check: bool,
+) -> Result<(PgStatement, Executed), tokio_postgres::Error> {
     let statement = client.prepare(sql).await?;
-    let executed = run(client, &statement, params, false).await?;
+    let executed = run(client, &statement, params, check).await?;
     Ok((statement, executed))
 }
 
@@ -343,7 +411,7 @@ async fn run_unprepared(
 /// checks shows in one of them.
 async fn run(
     client: &Client,
-    statement: &Statement,
+    statement: &PgStatement,
     params: &[&(dyn ToSql + Sync)],
     check: bool,
 ) -> Result<Executed, tokio_postgres::Error> {
