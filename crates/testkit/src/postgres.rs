@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::cluster::{PgCluster, PgClusterBuilder};
 use crate::url::{self, ConnParams};
@@ -11,9 +10,6 @@ use crate::{psql, TestkitError};
 
 /// Environment variable with the admin URL of a shared PostgreSQL server.
 pub const ENV_PG_URL: &str = "CM_TEST_PG_URL";
-
-/// How long `Drop` keeps retrying to remove a database from a shared server.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A fresh, uniquely named database (`cmt_<16 hex digits>`) for one test.
 ///
@@ -210,14 +206,7 @@ impl TestPostgres {
                  WHERE database = '{db}';\n\
              DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE);\n"
         );
-        let started = Instant::now();
-        loop {
-            match psql::run_script(&self.psql, &self.admin, &script) {
-                Ok(_) => return Ok(()),
-                Err(e) if started.elapsed() > CLEANUP_TIMEOUT => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        psql::run_cleanup(&self.psql, &self.admin, &script)
     }
 }
 

@@ -55,6 +55,22 @@ pub(crate) fn command(psql: &Path, params: &ConnParams) -> Command {
     cmd
 }
 
+/// How long a cleanup script is retried ([`run_cleanup`]).
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs a cleanup script ([`run_script`]) until it succeeds, retrying every
+/// 100 ms for up to 15 s (a server still busy with what is being dropped).
+pub(crate) fn run_cleanup(psql: &Path, params: &ConnParams, sql: &str) -> Result<(), TestkitError> {
+    let started = std::time::Instant::now();
+    loop {
+        match run_script(psql, params, sql) {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() > CLEANUP_TIMEOUT => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Feeds `sql` to `psql -q -v ON_ERROR_STOP=1 -At` on stdin and returns stdout.
 pub(crate) fn run_script(
     psql: &Path,

@@ -12,8 +12,6 @@ use crate::{psql, TestPostgres, TestkitError};
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`PgReplica::pause_replay`] waits for recovery to say it paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `Drop` keeps retrying to drop the replica's slot on the primary.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the replica is asked how far it replayed, while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Settings a hot standby must have at least as high as its primary; the
@@ -289,14 +287,7 @@ impl PgReplica {
              SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
                  WHERE slot_name = '{slot}';\n"
         );
-        let started = Instant::now();
-        loop {
-            match psql::run_script(&self.psql, &self.primary, &script) {
-                Ok(_) => return Ok(()),
-                Err(e) if started.elapsed() > CLEANUP_TIMEOUT => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        psql::run_cleanup(&self.psql, &self.primary, &script)
     }
 }
 
