@@ -161,54 +161,54 @@ impl QueryCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fetched<P>, E>>,
     {
-        let deadline = plan.token.map(|(_, wait)| Instant::now() + wait);
-        let mut lookup = self.lookup::<P>(plan).await;
-        while let (Lookup::TokenPending, Some((token, _)), Some(deadline)) =
-            (&lookup, plan.token, deadline)
-        {
-            if !self.wait_applied(token, deadline).await {
-                self.metrics.bypasses();
-                let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
-                return read_through(fetch, outcome).await;
-            }
-            lookup = self.lookup::<P>(plan).await;
-        }
-        let (epoch, generations, token_pending) = match lookup {
-            Lookup::Hit(payload) => {
-                self.metrics.hits();
-                return (Ok(payload), ReadOutcome::Hit);
-            }
-            Lookup::Bypass(outcome) => {
-                self.metrics.bypasses();
-                return read_through(fetch, outcome).await;
-            }
-            Lookup::Relearn => {
-                self.schema_changed();
-                self.metrics.bypasses();
-                let outcome = ReadOutcome::ReadThrough(ReadThrough::SchemaChanged);
-                return read_through(fetch, outcome).await;
-            }
-            Lookup::TokenPending => {
-                // Only without a token: cannot happen; read through.
-                self.metrics.bypasses();
-                let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
-                return read_through(fetch, outcome).await;
-            }
-            Lookup::Miss {
-                epoch,
-                generations,
-                refused,
-                token_pending,
-            } => {
-                // A refused value would answer the lease read as a hit and
-                // block every refill until its TTL: remove it first. Deleting
-                // a result is always safe (at worst a fresh one is refilled).
-                if refused {
-                    if let Err(error) = self.store.delete_many(&[plan.result.as_str()]).await {
-                        return self.degrade(error, fetch).await;
-                    }
+        let token = plan
+            .token
+            .map(|(token, wait)| (token, Instant::now() + wait));
+        let (epoch, generations, token_pending) = loop {
+            match self.lookup::<P>(plan).await {
+                Lookup::Hit(payload) => {
+                    self.metrics.hits();
+                    return (Ok(payload), ReadOutcome::Hit);
                 }
-                (epoch, generations, token_pending)
+                Lookup::TokenPending => {
+                    // Only a read with a token finds its token pending: wait
+                    // for it to be applied, then look up again.
+                    if let Some((token, deadline)) = token {
+                        if self.wait_applied(token, deadline).await {
+                            continue;
+                        }
+                    }
+                    self.metrics.bypasses();
+                    let outcome = ReadOutcome::ReadThrough(ReadThrough::TokenNotApplied);
+                    return read_through(fetch, outcome).await;
+                }
+                Lookup::Bypass(outcome) => {
+                    self.metrics.bypasses();
+                    return read_through(fetch, outcome).await;
+                }
+                Lookup::Relearn => {
+                    self.schema_changed();
+                    self.metrics.bypasses();
+                    let outcome = ReadOutcome::ReadThrough(ReadThrough::SchemaChanged);
+                    return read_through(fetch, outcome).await;
+                }
+                Lookup::Miss {
+                    epoch,
+                    generations,
+                    refused,
+                    token_pending,
+                } => {
+                    // A refused value would answer the lease read as a hit
+                    // and block every refill until its TTL: remove it first.
+                    // Deleting a result is always safe (at worst a fresh one
+                    // is refilled).
+                    if refused {
+                        if let Err(error) = self.store.delete_many(&[plan.result.as_str()]).await {
+                            return self.degrade(error, fetch).await;
+                        }
+                    }
+                    break (epoch, generations, token_pending);
+                }
             }
         };
         self.metrics.misses();
@@ -221,13 +221,8 @@ impl QueryCache {
     /// be read).
     async fn wait_applied(&self, token: WriteToken, deadline: Instant) -> bool {
         loop {
-            let applied = cm_store::get_one(self.store.as_ref(), self.heartbeat_key.as_str())
-                .await
-                .ok()
-                .flatten()
-                .and_then(|item| Heartbeat::decode(&item.value))
-                .map(|heartbeat| heartbeat.applied_lsn);
-            if applied.is_some_and(|applied| applied >= token.lsn()) {
+            let progress = self.progress().await;
+            if progress.is_some_and(|record| record.applied_lsn >= token.lsn()) {
                 return true;
             }
             let now = Instant::now();
@@ -242,12 +237,16 @@ impl QueryCache {
     /// pre-query registrations (`docs/freshness.md`); `None` when it
     /// cannot be read.
     async fn read_dispatched(&self) -> Option<u64> {
-        cm_store::get_one(self.store.as_ref(), self.heartbeat_key.as_str())
+        self.progress().await?.dispatched_lsn
+    }
+
+    /// The invalidator's progress record (its heartbeat key); `None` when
+    /// it is missing, unreadable or the store fails.
+    async fn progress(&self) -> Option<Heartbeat> {
+        cm_store::read_heartbeat(self.store.as_ref(), &self.space)
             .await
             .ok()
             .flatten()
-            .and_then(|item| Heartbeat::decode(&item.value))
-            .and_then(|heartbeat| heartbeat.dispatched_lsn)
     }
 
     /// The miss: snapshot and lease with the pre-query registrations (one
