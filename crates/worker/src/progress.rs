@@ -97,14 +97,10 @@ impl DispatchGate {
     /// without the record).
     pub(crate) async fn wait(&self) {
         let end = self.end_lsn;
-        let mut written = self.written.clone();
-        let covered = written
-            .wait_for(|record| record.dispatched_lsn.is_some_and(|d| d >= end))
-            .await
-            .is_ok();
-        if !covered {
-            std::future::pending::<()>().await;
-        }
+        wait_written(&self.written, |record| {
+            record.dispatched_lsn.is_some_and(|d| d >= end)
+        })
+        .await;
     }
 }
 
@@ -159,14 +155,21 @@ impl Progress {
             }
             newer
         });
-        let mut written = self.written.clone();
-        let written = written
-            .wait_for(|record| record.lsn >= heartbeat.lsn)
-            .await
-            .is_ok();
-        if !written {
-            std::future::pending::<()>().await;
-        }
+        wait_written(&self.written, |record| record.lsn >= heartbeat.lsn).await;
+    }
+}
+
+/// Returns once a written record satisfies `covers`; pending forever if the
+/// writer is gone (the session is ending: nothing may go on without the
+/// record).
+async fn wait_written(
+    written: &watch::Receiver<Heartbeat>,
+    covers: impl FnMut(&Heartbeat) -> bool,
+) {
+    let mut written = written.clone();
+    let covered = written.wait_for(covers).await.is_ok();
+    if !covered {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -230,24 +233,21 @@ impl Writer {
     }
 
     async fn write(&self, record: &Heartbeat) -> Result<(), WorkerError> {
-        let value = record.encode();
-        retry_store(
-            self.max_backoff,
+        write_record(
+            self.store.as_ref(),
+            &self.key,
+            record,
             self.observer.as_ref(),
-            "write progress record",
-            || async {
-                self.store
-                    .write_heartbeat(&self.key, &value, RECORD_TTL)
-                    .await
-            },
+            self.max_backoff,
         )
         .await
     }
 }
 
-/// Writes a session's first record, before anything else may change the
-/// cache (an epoch bump included).
-pub(crate) async fn write_starting_record(
+/// Writes a record, retrying a failing cache like every other write; a
+/// session's first record is written with it too, before anything else may
+/// change the cache (an epoch bump included).
+pub(crate) async fn write_record(
     store: &dyn CacheStore,
     key: &str,
     record: &Heartbeat,

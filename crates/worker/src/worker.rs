@@ -45,7 +45,7 @@ use crate::heartbeat::{heartbeat_for, heartbeat_message_prefix};
 use crate::observer::{Observer, Role};
 use crate::options::WorkerOptions;
 use crate::pipeline::{ApplyFuture, Pipeline};
-use crate::progress::{starting_record, write_starting_record, DispatchGate, Progress};
+use crate::progress::{starting_record, write_record, DispatchGate, Progress};
 use crate::retry::{retry_store, Backoff};
 use crate::slot_identity::{flush_reason, read_state, starting_bound, write_state};
 use crate::sql::connect_sql;
@@ -277,7 +277,7 @@ impl Worker {
         let comparable = previous.is_some_and(|p| p.system_id == current.system_id);
         let record = starting_record(old, comparable, confirmed, system.xlogpos);
         let key = self.space.heartbeat();
-        write_starting_record(
+        write_record(
             store,
             key.as_str(),
             &record,
