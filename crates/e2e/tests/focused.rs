@@ -4,17 +4,13 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use cm_keys::SchemaConfig;
-use cm_reader::{CachingClient, QueryCache, ReaderOptions};
+use cm_reader::{CachingClient, ReaderOptions};
 use cm_testkit::TestEnv;
 
 use support::connect;
 use support::invalidator::Seeded;
 use support::ops::Value;
 use support::readers::{self, Read, QUERIES};
-use support::schema;
 
 fn query(sql: &str) -> usize {
     QUERIES.iter().position(|q| q.sql == sql).unwrap()
@@ -27,22 +23,10 @@ async fn each_write_invalidates_counts_and_lists() {
         .unwrap()
         .unwrap();
     let seeded = Seeded::start(&env, env.memcached.addr(), "cm_f").await;
-    let (store, space, admin) = (&seeded.store, &seeded.space, &seeded.admin);
     let fence = || seeded.fence();
-    let cache = Arc::new(
-        QueryCache::discover(
-            admin,
-            space.clone(),
-            store.clone(),
-            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
-            ReaderOptions {
-                publication: Some("cm_pub".into()),
-                ..ReaderOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let cache = seeded
+        .query_cache(&seeded.admin, ReaderOptions::default())
+        .await;
     let client = CachingClient::new(connect(&env.pg.url()).await, cache.clone());
     let text = |s: &str| Value::Text(s.to_owned());
     let reads: Vec<Read> = vec![
@@ -101,7 +85,7 @@ async fn each_write_invalidates_counts_and_lists() {
         fence().await;
         for read in &reads {
             let cached = readers::cached(&client, read).await.unwrap();
-            let direct = readers::direct(admin, read).await.unwrap();
+            let direct = readers::direct(&seeded.admin, read).await.unwrap();
             if cached != direct {
                 failures.push(format!(
                     "after {write}: {} {:?}: cached {cached:?}, postgres {direct:?}",

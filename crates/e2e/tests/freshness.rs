@@ -8,13 +8,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cm_keys::SchemaConfig;
-use cm_reader::{
-    CachingClient, Outcome, QueryCache, QueryOptions, ReaderError, ReaderOptions, WriteToken,
-};
+use cm_reader::{CachingClient, Outcome, QueryOptions, ReaderError, ReaderOptions, WriteToken};
 use cm_testkit::{PgReplica, TestEnv};
 
 use support::connect;
@@ -35,21 +31,11 @@ async fn a_token_read_never_returns_the_pre_commit_result_while_the_worker_is_sl
         .unwrap();
     let proxy = DelayProxy::start(env.memcached.addr(), WORKER_DELAY).await;
     let seeded = Seeded::start(&env, proxy.addr(), "cm_rw").await;
-    let cache = Arc::new(
-        QueryCache::discover(
-            &seeded.admin,
-            seeded.space.clone(),
-            seeded.store.clone(),
-            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
-            ReaderOptions {
-                publication: Some("cm_pub".into()),
-                token_wait: Duration::from_secs(5),
-                ..ReaderOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let options = ReaderOptions {
+        token_wait: Duration::from_secs(5),
+        ..ReaderOptions::default()
+    };
+    let cache = seeded.query_cache(&seeded.admin, options).await;
     let reader = CachingClient::new(connect(&env.pg.url()).await, cache);
     let id = schema::base(0) + 1;
     name(&reader, id, QueryOptions::new()).await;
@@ -63,13 +49,7 @@ async fn a_token_read_never_returns_the_pre_commit_result_while_the_worker_is_sl
             ))
             .unwrap();
         // Any connection, after the commit returned: a separate psql.
-        let token: WriteToken = env
-            .pg
-            .psql(cm_reader::WRITE_TOKEN_SQL)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let token = psql_token(&env);
         // Without the token the cache may still serve the old name: that
         // is the window the token must close.
         let (seen, _) = name(&reader, id, QueryOptions::new()).await;
@@ -107,20 +87,7 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
     let seeded = Seeded::start(&env, env.memcached.addr(), "cm_rs").await;
     let replica = tokio::task::block_in_place(|| PgReplica::start(&env.pg)).unwrap();
     let standby = connect(&replica.url()).await;
-    let cache = Arc::new(
-        QueryCache::discover(
-            &standby,
-            seeded.space.clone(),
-            seeded.store.clone(),
-            &SchemaConfig::from_toml_str(schema::MAPPING).unwrap(),
-            ReaderOptions {
-                publication: Some("cm_pub".into()),
-                ..ReaderOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let cache = seeded.query_cache(&standby, ReaderOptions::default()).await;
     let reader = CachingClient::new(standby, cache.clone());
     let id = schema::base(0) + 1;
     // The first fill from a standby learns that it is one (and is not
@@ -159,13 +126,7 @@ async fn a_fill_from_a_standby_behind_the_invalidator_is_not_stored() {
     // A read with the write's token cannot be answered by the paused
     // standby: it fails after the token wait rather than return the old
     // name.
-    let token: WriteToken = env
-        .pg
-        .psql(cm_reader::WRITE_TOKEN_SQL)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let token = psql_token(&env);
     let with_token = QueryOptions::new()
         .after(token)
         .token_wait(Duration::from_millis(300));
@@ -201,4 +162,10 @@ async fn name(reader: &CachingClient, id: i32, options: QueryOptions) -> (String
         .await
         .unwrap();
     (rows[0].get::<String>(0), outcome)
+}
+
+/// A write token taken by psql, a client that knows nothing of the cache.
+fn psql_token(env: &TestEnv) -> WriteToken {
+    let text = env.pg.psql(cm_reader::WRITE_TOKEN_SQL).unwrap();
+    text.trim().parse().unwrap()
 }

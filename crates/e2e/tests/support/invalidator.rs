@@ -131,10 +131,12 @@ pub async fn fence(
     wait_applied(store, space, lsn, timeout).await
 }
 
-/// Parses `X/Y`, PostgreSQL's LSN notation.
+/// Parses `X/Y`, PostgreSQL's LSN notation (the reader's token format).
 pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+    text.trim()
+        .parse::<cm_reader::WriteToken>()
+        .ok()
+        .map(|token| token.lsn())
 }
 
 /// The heartbeat the worker last wrote.
@@ -212,6 +214,31 @@ impl Seeded {
         };
         seeded.fence().await;
         seeded
+    }
+
+    /// A reader's cache over this worker's store and key space and the
+    /// seeded schema's mapping, discovered through `client` (the primary
+    /// or a standby), with `options` beside the `cm_pub` publication.
+    pub async fn query_cache(
+        &self,
+        client: &tokio_postgres::Client,
+        options: cm_reader::ReaderOptions,
+    ) -> Arc<cm_reader::QueryCache> {
+        let mapping = cm_keys::SchemaConfig::from_toml_str(super::schema::MAPPING).unwrap();
+        let options = cm_reader::ReaderOptions {
+            publication: Some("cm_pub".into()),
+            ..options
+        };
+        let cache = cm_reader::QueryCache::discover(
+            client,
+            self.space.clone(),
+            self.store.clone(),
+            &mapping,
+            options,
+        )
+        .await
+        .unwrap();
+        Arc::new(cache)
     }
 
     /// Waits until the worker has applied everything committed so far.
