@@ -7,13 +7,11 @@ mod common;
 
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use cm_reader::{BeforeStoreHook, CachingClient, Outcome, QueryCache, ReaderOptions};
 use cm_store::testing::{InstrumentedStore, Method};
 use cm_store::{MemcachedConfig, MemcachedStore};
+use common::pause::PauseBeforeStore;
 use common::{connect, ints, texts, Harness, MAPPING, SCHEMA};
-use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 #[tokio::test]
@@ -142,29 +140,16 @@ async fn a_miss_is_three_memcached_round_trips() {
 #[tokio::test]
 async fn an_invalidation_before_the_pipelined_store_voids_the_fill() {
     let h = Harness::start().await;
-    let armed = Arc::new(AtomicBool::new(false));
-    let (reached, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let hook: BeforeStoreHook = {
-        let (armed, reached, go) = (armed.clone(), reached.clone(), go.clone());
-        Arc::new(move || {
-            let (armed, reached, go) = (armed.clone(), reached.clone(), go.clone());
-            Box::pin(async move {
-                if armed.swap(false, Ordering::SeqCst) {
-                    reached.notify_one();
-                    go.notified().await;
-                }
-            })
-        })
-    };
+    let (pause, hook) = PauseBeforeStore::new();
     let (client, memcached, counting) = counted_with(&h, Some(hook)).await;
     // Learns the statement and creates the generations.
     client.query(BY_AUTHOR, &[&2i32]).await.unwrap();
     let exchanges = memcached.exchanges();
-    armed.store(true, Ordering::SeqCst);
+    pause.arm();
     let (old, ()) = tokio::join!(client.query(BY_AUTHOR, &[&1i32]), async {
-        reached.notified().await;
+        pause.reached().await;
         h.write("UPDATE book SET title = 'new' WHERE id = 10").await;
-        go.notify_one();
+        pause.release();
     });
     assert_eq!(texts(&old.unwrap(), "title"), ["A1", "A2"]);
     // Lookup, lease with registrations, registrations with store.

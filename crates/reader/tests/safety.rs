@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use cm_reader::{BeforeStoreHook, QueryOptions, ReaderError, ReaderOptions};
+use cm_reader::{QueryOptions, ReaderError, ReaderOptions};
 use cm_testkit::MemcachedServer;
+use common::pause::PauseBeforeStore;
 use common::{ints, texts, Harness, MAPPING, SCHEMA};
-use tokio::sync::Notify;
 
 const BY_AUTHOR: &str = "SELECT id, title FROM book WHERE author_id = $1 ORDER BY id";
 
@@ -90,33 +88,19 @@ async fn a_heartbeat_older_than_max_staleness_bypasses_the_cache() {
 /// stores, does not store: the invalidation deleted its lease placeholder.
 #[tokio::test]
 async fn an_invalidation_during_a_fill_voids_the_fill() {
-    let armed = Arc::new(AtomicBool::new(false));
-    let reached = Arc::new(Notify::new());
-    let go = Arc::new(Notify::new());
-    let hook: BeforeStoreHook = {
-        let (armed, reached, go) = (armed.clone(), reached.clone(), go.clone());
-        Arc::new(move || {
-            let (armed, reached, go) = (armed.clone(), reached.clone(), go.clone());
-            Box::pin(async move {
-                if armed.swap(false, Ordering::SeqCst) {
-                    reached.notify_one();
-                    go.notified().await;
-                }
-            })
-        })
-    };
+    let (pause, hook) = PauseBeforeStore::new();
     let options = ReaderOptions {
         before_store: Some(hook),
         ..ReaderOptions::default()
     };
     let h = Harness::with(SCHEMA, MAPPING, None, options).await;
-    armed.store(true, Ordering::SeqCst);
+    pause.arm();
     let (old, ()) = tokio::join!(h.client.query(BY_AUTHOR, &[&1i32]), async {
-        reached.notified().await;
+        pause.reached().await;
         // The reader has its (old) rows and holds the lease; a writer
         // commits and the invalidator applies it.
         h.write("UPDATE book SET title = 'new' WHERE id = 10").await;
-        go.notify_one();
+        pause.release();
     });
     assert_eq!(texts(&old.unwrap(), "title"), ["A1", "A2"]);
     let m = h.client.metrics();

@@ -18,6 +18,8 @@ use cm_store::{CacheStore, MemcachedConfig, MemcachedStore};
 use cm_testkit::{TestMemcached, TestPostgres};
 use tokio_postgres::Client;
 
+pub mod pause;
+
 /// Authors and books; `book.status` is a predicate set, `book.author_id`
 /// one through its FK; a view joins them. Replica identity FULL so that
 /// old row images carry every column (what the deployment guide asks for).
