@@ -129,6 +129,29 @@ async fn each_ddl_kind_bumps_what_it_touched_and_the_schema_version() {
     .await;
 }
 
+/// Bulk loads, restores and migrations run as a superuser often set
+/// `session_replication_role = replica` to skip triggers; an event trigger
+/// fires there only when enabled ALWAYS, which `setup` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_in_a_session_with_the_replica_role_bumps_too() {
+    let h = started().await;
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    assert_ddl_bumps(
+        &h,
+        "SET session_replication_role = replica; \
+         CREATE OR REPLACE VIEW book_titles AS SELECT id, upper(title) AS title FROM book;",
+        &["book_titles"],
+    )
+    .await;
+    assert_ddl_bumps(
+        &h,
+        "SET session_replication_role = replica; DROP VIEW book_titles;",
+        &["book_titles"],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_that_cannot_be_scoped_bumps_the_epoch() {
     let h = started().await;
@@ -292,6 +315,20 @@ async fn setup_dry_run_shows_the_trigger_sql_and_check_flags_a_disabled_trigger(
     assert!(detail.contains("stay cached until their TTL"), "{detail}");
 
     h.setup(); // re-enables
+    let out = h.run_cli(&["check", "--json"]);
+    assert_eq!(finding(&out, "ddl event triggers")["status"], "ok");
+
+    // Plain ENABLE ('O') skips sessions with the replica role.
+    h.psql("ALTER EVENT TRIGGER cachemachine_ddl_command_end ENABLE;");
+    let out = h.run_cli(&["check", "--json"]);
+    assert!(!out.status.success(), "an origin-only trigger is a problem");
+    let ddl = finding(&out, "ddl event triggers");
+    let detail = ddl["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cachemachine_ddl_command_end (evtenabled = 'O')"),
+        "{detail}"
+    );
+    h.setup();
     let out = h.run_cli(&["check", "--json"]);
     assert_eq!(finding(&out, "ddl event triggers")["status"], "ok");
 }

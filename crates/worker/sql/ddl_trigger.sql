@@ -174,12 +174,17 @@ BEGIN
 END
 $$;
 
+-- ENABLE ALWAYS: a trigger created enabled ('O') does not fire in a session
+-- with session_replication_role = replica, which bulk loads, restores and
+-- migrations set to skip triggers; their DDL must invalidate too.
 DROP EVENT TRIGGER IF EXISTS cachemachine_ddl_command_end;
 CREATE EVENT TRIGGER cachemachine_ddl_command_end ON ddl_command_end
     EXECUTE FUNCTION cachemachine.emit_ddl_message();
+ALTER EVENT TRIGGER cachemachine_ddl_command_end ENABLE ALWAYS;
 DROP EVENT TRIGGER IF EXISTS cachemachine_sql_drop;
 CREATE EVENT TRIGGER cachemachine_sql_drop ON sql_drop
     EXECUTE FUNCTION cachemachine.emit_ddl_message();
+ALTER EVENT TRIGGER cachemachine_sql_drop ENABLE ALWAYS;
 
 -- What `setup` and `check` compare to tell an out-of-date installation.
-COMMENT ON FUNCTION cachemachine.emit_ddl_message() IS 'cachemachine DDL trigger v1';
+COMMENT ON FUNCTION cachemachine.emit_ddl_message() IS 'cachemachine DDL trigger v2';

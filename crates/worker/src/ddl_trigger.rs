@@ -9,7 +9,7 @@ pub const INSTALL_SQL: &str = include_str!("../sql/ddl_trigger.sql");
 
 /// The comment the script puts on its trigger function: the installed
 /// version `setup` and `check` expect.
-pub const VERSION_COMMENT: &str = "cachemachine DDL trigger v1";
+pub const VERSION_COMMENT: &str = "cachemachine DDL trigger v2";
 
 /// The event triggers the script creates, one per event.
 pub const TRIGGER_NAMES: [&str; 2] = ["cachemachine_ddl_command_end", "cachemachine_sql_drop"];
@@ -17,13 +17,14 @@ pub const TRIGGER_NAMES: [&str; 2] = ["cachemachine_ddl_command_end", "cachemach
 /// The state of the DDL triggers in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TriggerState {
-    /// Both triggers exist, fire in ordinary sessions, and call the
-    /// function version this worker expects.
+    /// Both triggers exist, fire in every session, and call the function
+    /// version this worker expects.
     Installed,
     /// At least one trigger does not exist.
     Missing(Vec<String>),
-    /// A trigger exists but does not fire in ordinary sessions
-    /// (`pg_event_trigger.evtenabled` is `D`, or `R`: replica sessions only).
+    /// A trigger exists but does not fire in every session
+    /// (`pg_event_trigger.evtenabled` is not `A`: `D` never fires, `R` only
+    /// in replica sessions, `O` in all but replica sessions).
     Disabled(Vec<String>),
     /// The triggers call another version of the function.
     Outdated {
@@ -46,9 +47,10 @@ pub async fn trigger_state(client: &Client) -> Result<TriggerState, tokio_postgr
     for row in &rows {
         let name: String = row.try_get(0)?;
         let enabled: String = row.try_get(1)?;
-        // 'O' (origin and local sessions) and 'A' (always) fire for the
-        // application's DDL; 'D' never, 'R' only with session_replication_role = replica.
-        if !matches!(enabled.as_str(), "O" | "A") {
+        // Only 'A' (always) fires for every session's DDL: 'O' skips
+        // sessions with session_replication_role = replica (bulk loads,
+        // restores), 'R' fires only in those, 'D' never (docs/ddl.md).
+        if enabled != "A" {
             disabled.push(format!("{name} (evtenabled = '{enabled}')"));
         }
         found.push(name);
@@ -98,7 +100,8 @@ impl TriggerState {
                 names.join(", ")
             )),
             TriggerState::Disabled(names) => Some(format!(
-                "disabled: {}: {COST_WITHOUT_TRIGGERS}; ALTER EVENT TRIGGER ... ENABLE, or {fix}",
+                "not enabled ALWAYS, so some or all sessions' DDL is missed: {}: \
+                 {COST_WITHOUT_TRIGGERS}; ALTER EVENT TRIGGER ... ENABLE ALWAYS, or {fix}",
                 names.join(", ")
             )),
             TriggerState::Outdated { installed } => Some(format!(
