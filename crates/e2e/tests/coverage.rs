@@ -374,3 +374,25 @@ async fn a_view_created_to_shadow_a_table_on_the_search_path_invalidates_it() {
     )
     .await;
 }
+
+/// A publication narrowed after the worker started (here to inserts only)
+/// hides later updates from the worker: what readers cached must not be
+/// served again, and they read the table through from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_narrowed_to_inserts_makes_its_tables_read_through() {
+    let s = Stack::start().await;
+    let sql = "SELECT id, name FROM item WHERE id = 1";
+    s.cache_read(sql).await;
+    s.psql("ALTER PUBLICATION cm_pub SET (publish = 'insert')");
+    s.fence().await;
+    let before = s.cache_read(sql).await;
+    s.psql("UPDATE item SET name = 'renamed' WHERE id = 1");
+    s.fence().await;
+    let cached = s.cached_once(sql).await;
+    assert_eq!(
+        cached,
+        s.direct_read(sql).await,
+        "stale after an unpublished UPDATE"
+    );
+    assert_ne!(cached, before, "the UPDATE did not change {sql}");
+}

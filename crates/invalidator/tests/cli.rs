@@ -83,7 +83,7 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
         nopk["detail"]
             .as_str()
             .unwrap()
-            .contains("not in publication cm_pub"),
+            .contains("not in the publication (publication cm_pub)"),
         "{nopk}"
     );
     let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -95,6 +95,20 @@ async fn check_flags_a_table_without_pk_and_an_fk_needing_full_identity() {
             .any(|f| f["check"] == "coverage public.book"),
         "a published table cached row by row is not listed: {findings}"
     );
+
+    // Published in part: a row filter, a column list (even one naming every
+    // column: a column added later would not be published).
+    h.psql("ALTER PUBLICATION cm_pub SET TABLE author WHERE (id > 0), book (id, author_id);");
+    let out = h.run_cli(&["check", "--json"]);
+    for (table, why) in [
+        ("author", "published with a row filter"),
+        ("book", "published with a column list"),
+    ] {
+        let coverage = finding(&out, &format!("coverage public.{table}"));
+        assert_eq!(coverage["status"], "warn", "{coverage}");
+        let detail = coverage["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{detail}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@
 //! depends on, or the reason it is never cached.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use cm_keys::{SchemaModel, TableName};
 use tokio_postgres::Client;
@@ -37,7 +38,19 @@ use crate::sql::{Mentions, WrittenName};
 /// The closure query; parameters: relation names as `regclass` text,
 /// function schemas (NULL: searched), function names, operator symbols,
 /// the publication (NULL: not checked).
-const CLOSURE_SQL: &str = include_str!("closure.sql");
+static CLOSURE_SQL: LazyLock<String> = LazyLock::new(|| {
+    include_str!("closure.sql").replace("/* publication_gap($5) */", &publication_gap_sql("$5"))
+});
+
+/// A SQL expression (text) that says why the publication named by the
+/// parameter `publication_param` (such as `"$1"`) does not carry every
+/// change of the relation `c` of namespace `n` in full: not in it, a row
+/// filter, a column list, or actions it does not publish. NULL when it
+/// does, when the parameter is NULL, and for partitioned tables. The
+/// readers' closure and `cm-invalidator check` judge tables with it.
+pub fn publication_gap_sql(publication_param: &str) -> String {
+    include_str!("publication_gap.sql").replace("$PUB", publication_param)
+}
 
 /// Built-in STABLE functions that depend only on their arguments, on data
 /// the statement already depends on, and on the session settings a
@@ -173,9 +186,11 @@ pub(crate) struct ClosureRelation {
     pub(crate) permanent: bool,
     /// It has `pg_inherits` children.
     pub(crate) has_children: bool,
-    /// In the publication (or a partitioned table, which holds no rows of
-    /// its own), or no publication was given.
-    pub(crate) published: bool,
+    /// Why the publication does not carry every change of it in full (not
+    /// in it, a row filter, a column list, actions left out); `None` when
+    /// it does, for a partitioned table (which holds no rows of its own),
+    /// or when no publication was given.
+    pub(crate) publication_gap: Option<String>,
     /// The text names it directly.
     pub(crate) named: bool,
 }
@@ -214,7 +229,7 @@ pub(crate) async fn closure(
     let names: Vec<&str> = mentions.functions.iter().map(|(_, n)| n.as_str()).collect();
     let rows = client
         .query(
-            CLOSURE_SQL,
+            CLOSURE_SQL.as_str(),
             &[
                 &relations,
                 &schemas,
@@ -241,7 +256,7 @@ pub(crate) async fn closure(
                 kind,
                 permanent: row.try_get(5)?,
                 has_children: row.try_get(6)?,
-                published: row.try_get(7)?,
+                publication_gap: row.try_get(7)?,
                 named: row.try_get(8)?,
             });
         }
@@ -266,9 +281,9 @@ pub(crate) enum NotCacheable {
     /// foreign or unlogged table, or a table the schema model does not hold
     /// (ignored, or created since the model was read).
     UnknownRelation(String),
-    /// A table outside the invalidator's publication: its changes never
-    /// reach the worker.
-    Unpublished(String),
+    /// A table whose changes the invalidator's publication does not carry
+    /// in full (the table, then why): some never reach the worker.
+    Unpublished(String, String),
     /// A function whose result or effects a cached copy would not reproduce.
     Function(String),
 }
@@ -277,8 +292,8 @@ impl std::fmt::Display for NotCacheable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotCacheable::UnknownRelation(what) => write!(f, "reads {what}"),
-            NotCacheable::Unpublished(table) => {
-                write!(f, "reads {table}, which is not in the publication")
+            NotCacheable::Unpublished(table, why) => {
+                write!(f, "reads {table}, whose changes the worker may miss: {why}")
             }
             NotCacheable::Function(why) => f.write_str(why),
         }
@@ -354,8 +369,8 @@ fn table_identity(
         .table(name)
         .filter(|t| !t.unlogged && relation.permanent)
         .ok_or_else(|| NotCacheable::UnknownRelation(name.to_string()))?;
-    if !relation.published {
-        return Err(NotCacheable::Unpublished(name.to_string()));
+    if let Some(why) = &relation.publication_gap {
+        return Err(NotCacheable::Unpublished(name.to_string(), why.clone()));
     }
     Ok(table.key_identity().clone())
 }

@@ -46,14 +46,12 @@ reached(classid, objid) AS (
 SELECT 'relation', c.oid, n.nspname::text, c.relname::text, c.relkind::text,
        c.relpersistence = 'p',
        EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
-       $5::text IS NULL OR c.relkind = 'p' OR EXISTS (
-           SELECT 1 FROM pg_publication_tables pt
-           WHERE pt.pubname = $5 AND pt.schemaname = n.nspname AND pt.tablename = c.relname),
+       /* publication_gap($5) */,
        c.oid IN (SELECT oid FROM named)
 FROM reached JOIN pg_class c ON reached.classid = 'pg_class'::regclass AND c.oid = reached.objid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 UNION ALL
 SELECT 'function', p.oid, n.nspname::text, p.proname::text, p.provolatile::text,
-       p.prosqlbody IS NOT NULL, false, true, false
+       p.prosqlbody IS NOT NULL, false, NULL, false
 FROM reached JOIN pg_proc p ON reached.classid = 'pg_proc'::regclass AND p.oid = reached.objid
 JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -17,9 +17,10 @@
 //! whatever the planner would prune), its `WHERE` equalities where the
 //! catalog proves they name rows of one plain table (predicate and object
 //! keys), and its result columns' origins (row object keys and FK
-//! parents). What the worker cannot see (unpublished or unlogged tables,
-//! volatile or session-dependent functions) is read through;
-//! `docs/correctness.md` has the whole model.
+//! parents). What the worker cannot see (tables the publication carries
+//! only in part or not at all, unlogged tables, volatile or
+//! session-dependent functions) is read through; `docs/correctness.md` has
+//! the whole model.
 //!
 //! * Hit: one multi-get of the result, the epoch, the invalidator's
 //!   heartbeat, the schema version and the generations of everything read;
@@ -111,6 +112,7 @@ mod token;
 pub use builder::{BuildError, QueryCacheBuilder, DEFAULT_PREFIX, DEFAULT_SERVER};
 pub use cache::{ObjectRef, QueryCache};
 pub use client::{CachingClient, PreparedClient};
+pub use closure::publication_gap_sql;
 pub use error::{ColumnError, ReaderError};
 pub use fill::Outcome;
 pub use metrics::MetricsSnapshot;

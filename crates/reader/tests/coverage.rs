@@ -229,6 +229,38 @@ async fn a_table_outside_the_publication_is_never_served_from_the_cache() {
     assert_eq!(client.metrics().hits, 1);
 }
 
+/// A publication can carry a table's changes only in part: a row filter
+/// drops the changes of rows outside it, a column list the values keys are
+/// derived from, `publish` whole kinds of change. The table is then read
+/// through as if it were outside the publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_publication_carries_only_in_part_is_never_served_from_the_cache() {
+    let h = common::Harness::start().await;
+    h.psql(
+        "CREATE PUBLICATION book_filtered FOR TABLE author, book WHERE (status = 'public');
+         CREATE PUBLICATION book_columns FOR TABLE author, book (id, author_id, title);
+         CREATE PUBLICATION inserts_only FOR TABLE author, book WITH (publish = 'insert');",
+    );
+    let book = "SELECT id, title FROM book WHERE author_id = $1 ORDER BY id";
+    let author = "SELECT name FROM author WHERE id = $1";
+    // Each read twice: the book reads are read through (bypasses), and the
+    // author reads too where the publication leaves out whole actions.
+    for (publication, bypasses) in [
+        ("book_filtered", 2),
+        ("book_columns", 2),
+        ("inserts_only", 4),
+    ] {
+        let client = reader_for(&h, publication).await;
+        for _ in 0..2 {
+            client.query(book, &[&1i32]).await.unwrap();
+            client.query(author, &[&1i32]).await.unwrap();
+        }
+        let m = client.metrics();
+        assert_eq!(m.bypasses, bypasses, "{publication}: {m:?}");
+        assert_eq!(m.hits + m.misses + m.bypasses, 4, "{publication}: {m:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_inside_a_transaction_begun_as_sql_is_never_stored() {
     let h = common::Harness::start().await;

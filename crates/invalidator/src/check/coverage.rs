@@ -3,8 +3,9 @@
 //! each with the reason (see README, "Correctness model").
 //!
 //! The readers decide per statement from the catalog (`cm-reader`'s
-//! closure): a statement is read through when it can read a table outside
-//! the publication (its changes never reach the worker), an unlogged or
+//! closure): a statement is read through when it can read a table the
+//! publication does not carry in full (not in it, a row filter, a column
+//! list, actions left out: some changes never reach the worker), an unlogged or
 //! foreign table, a sequence or a system catalog (nothing in the WAL), or
 //! calls a VOLATILE function or a STABLE one whose reads are not recorded.
 //! These findings list the schema's relations and functions in those
@@ -17,20 +18,22 @@ use cm_keys::{SchemaModel, TableName, TablePolicy};
 use super::{finding, Finding, Status};
 
 /// User relations that readers never cache, with the reason; the tables
-/// they cache only as a whole; the functions that make a statement read
-/// through.
-const RELATIONS_SQL: &str = "
-SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
-       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
-       c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_publication_tables pt
-                                  WHERE pt.pubname = $1 AND pt.schemaname = n.nspname
-                                    AND pt.tablename = c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'f', 'm')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cachemachine')
-  AND n.nspname NOT LIKE 'pg\\_%'
-  AND c.relpersistence <> 't'
-ORDER BY 1, 2";
+/// they cache only as a whole. The publication's gaps are judged by the
+/// readers' own expression ([`cm_reader::publication_gap_sql`]).
+fn relations_sql() -> String {
+    format!(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
+                EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
+                {}
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'f', 'm')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cachemachine')
+           AND n.nspname NOT LIKE 'pg\\_%'
+           AND c.relpersistence <> 't'
+         ORDER BY 1, 2",
+        cm_reader::publication_gap_sql("$1")
+    )
+}
 
 /// User functions that make any statement calling them read through.
 const FUNCTIONS_SQL: &str = "
@@ -54,12 +57,12 @@ pub(super) async fn coverage_findings(
     model: Option<&SchemaModel>,
 ) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let mut out = Vec::new();
-    for row in client.query(RELATIONS_SQL, &[&publication]).await? {
+    for row in client.query(&relations_sql(), &[&publication]).await? {
         let name = TableName::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
         let kind: String = row.try_get(2)?;
         let persistence: String = row.try_get(3)?;
         let has_children: bool = row.try_get(4)?;
-        let published: bool = row.try_get(5)?;
+        let publication_gap: Option<String> = row.try_get(5)?;
         let whole_table = model
             .and_then(|m| m.table(&name))
             .is_some_and(|t| t.policy == TablePolicy::WholeTable);
@@ -68,7 +71,7 @@ pub(super) async fn coverage_findings(
             &kind,
             &persistence,
             has_children,
-            published,
+            publication_gap.as_deref(),
             whole_table,
             publication,
         ));
@@ -94,7 +97,7 @@ fn relation_finding(
     kind: &str,
     persistence: &str,
     has_children: bool,
-    published: bool,
+    publication_gap: Option<&str>,
     whole_table: bool,
     publication: &str,
 ) -> Option<Finding> {
@@ -112,11 +115,13 @@ fn relation_finding(
             Status::Warn,
             "read through: an unlogged table's changes are not in the WAL".to_owned(),
         ),
-        _ if !published => (
+        _ if publication_gap.is_some() => (
             Status::Warn,
             format!(
-                "read through: not in publication {publication}, so its changes never reach \
-                 the worker (add it to the publication to cache it)"
+                "read through: {} (publication {publication}), so some of its changes never \
+                 reach the worker (publish every change of it, without a row filter or a \
+                 column list, to cache it)",
+                publication_gap.unwrap_or_default()
             ),
         ),
         _ if has_children => (
@@ -141,19 +146,22 @@ mod tests {
     #[test]
     fn only_tables_not_cached_row_by_row_are_listed() {
         let table = TableName::new("s", "t");
-        let list = |kind, persistence, children, published| {
-            relation_finding(&table, kind, persistence, children, published, false, "p")
+        let list = |kind, persistence, children, gap| {
+            relation_finding(&table, kind, persistence, children, gap, false, "p")
         };
-        assert!(list("r", "p", false, true).is_none());
-        let unpublished = list("r", "p", false, false).map(|f| (f.status, f.detail));
+        assert!(list("r", "p", false, None).is_none());
+        let unpublished = list("r", "p", false, Some("published with a row filter"))
+            .map(|f| (f.status, f.detail));
         assert!(
-            matches!(&unpublished, Some((Status::Warn, d)) if d.contains("not in publication p")),
+            matches!(&unpublished, Some((Status::Warn, d))
+                if d.contains("published with a row filter (publication p)")),
             "{unpublished:?}"
         );
-        assert!(list("r", "u", false, true).is_some_and(|f| f.detail.contains("unlogged")));
-        assert!(list("p", "p", true, true).is_some_and(|f| f.detail.contains("as a whole")));
-        assert!(list("m", "p", false, false).is_some_and(|f| f.detail.contains("REFRESH")));
-        assert!(relation_finding(&table, "r", "p", false, true, true, "p")
+        assert!(list("r", "u", false, None).is_some_and(|f| f.detail.contains("unlogged")));
+        assert!(list("p", "p", true, None).is_some_and(|f| f.detail.contains("as a whole")));
+        let gap = Some("not in the publication");
+        assert!(list("m", "p", false, gap).is_some_and(|f| f.detail.contains("REFRESH")));
+        assert!(relation_finding(&table, "r", "p", false, None, true, "p")
             .is_some_and(|f| f.detail.contains("whole_table")));
     }
 }
