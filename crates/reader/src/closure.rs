@@ -193,6 +193,9 @@ pub(crate) struct ClosureRelation {
     pub(crate) publication_gap: Option<String>,
     /// The text names it directly.
     pub(crate) named: bool,
+    /// A view whose query uses a SQL value function (`CURRENT_TIMESTAMP`,
+    /// `CURRENT_USER`, ...): a value of the moment or of the session.
+    pub(crate) session_value: bool,
 }
 
 /// One function of the closure.
@@ -204,6 +207,9 @@ pub(crate) struct ClosureFunction {
     /// A SQL-standard body (`BEGIN ATOMIC`), whose references are recorded
     /// in `pg_depend` and so are part of the closure.
     pub(crate) has_sql_body: bool,
+    /// Its SQL-standard body uses a SQL value function (`CURRENT_DATE`,
+    /// `SESSION_USER`, ...).
+    pub(crate) session_value: bool,
 }
 
 /// Everything a statement can read, per the catalog.
@@ -249,6 +255,7 @@ pub(crate) async fn closure(
                 name,
                 volatility: kind,
                 has_sql_body: row.try_get(5)?,
+                session_value: row.try_get(9)?,
             });
         } else {
             out.relations.push(ClosureRelation {
@@ -258,6 +265,7 @@ pub(crate) async fn closure(
                 has_children: row.try_get(6)?,
                 publication_gap: row.try_get(7)?,
                 named: row.try_get(8)?,
+                session_value: row.try_get(9)?,
             });
         }
     }
@@ -322,6 +330,7 @@ pub(crate) fn decide(model: &SchemaModel, closure: &Closure) -> Result<Dependenc
     for function in &closure.functions {
         check_function(function)?;
     }
+    check_session_values(closure)?;
     let mut tables = BTreeSet::new();
     let mut objects = BTreeSet::new();
     for relation in &closure.relations {
@@ -357,6 +366,28 @@ pub(crate) fn decide(model: &SchemaModel, closure: &Closure) -> Result<Dependenc
         objects: objects.into_iter().collect(),
         sole_table,
     })
+}
+
+/// A view or SQL-standard body that uses `CURRENT_TIMESTAMP`,
+/// `CURRENT_USER` and the like (nodes of their own, not function calls)
+/// gives a value of the moment or of the session: never cached, as in the
+/// statement's own text.
+fn check_session_values(closure: &Closure) -> Result<(), NotCacheable> {
+    let views = closure
+        .relations
+        .iter()
+        .map(|r| (r.session_value, "view", &r.name));
+    let functions = closure
+        .functions
+        .iter()
+        .map(|f| (f.session_value, "function", &f.name));
+    match views.chain(functions).find(|(uses, _, _)| *uses) {
+        Some((_, what, name)) => Err(NotCacheable::Function(format!(
+            "reads {what} {name}, which uses a value of the moment or of the session \
+             (CURRENT_TIMESTAMP, CURRENT_USER, ...)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The key identity of a table of the closure, or why it cannot be cached.

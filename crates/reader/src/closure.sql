@@ -40,6 +40,28 @@ reached(classid, objid) AS (
       UNION ALL
         SELECT 'pg_proc'::regclass::oid, o.oprcode::oid FROM pg_operator o
         WHERE r.classid = 'pg_operator'::regclass AND o.oid = r.objid
+      UNION ALL
+        -- PostgreSQL records no dependency on pinned objects (built-in
+        -- functions, operators, system catalogs and views), so pg_depend
+        -- misses a view over now(), random() or pg_class. The stored trees
+        -- of a view's rule and of a SQL-standard body name every relation,
+        -- function and operator they use: read those too.
+        SELECT CASE ref[1] WHEN 'relid' THEN 'pg_class'::regclass::oid
+                           WHEN 'opno' THEN 'pg_operator'::regclass::oid
+                           ELSE 'pg_proc'::regclass::oid END,
+               ref[2]::oid
+        FROM (
+            SELECT rw.ev_action::text FROM pg_class v
+            JOIN pg_rewrite rw ON rw.ev_class = v.oid AND rw.ev_type = '1'
+            WHERE r.classid = 'pg_class'::regclass AND v.oid = r.objid AND v.relkind = 'v'
+          UNION ALL
+            SELECT p.prosqlbody::text FROM pg_proc p
+            WHERE r.classid = 'pg_proc'::regclass AND p.oid = r.objid
+              AND p.prosqlbody IS NOT NULL
+        ) AS t(tree),
+        regexp_matches(t.tree, ':(relid|opno|funcid|aggfnoid|winfnoid|opfuncid) ([0-9]+)', 'g')
+            AS ref
+        WHERE ref[2] <> '0'
     ) AS e(classid, objid)
     WHERE e.classid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_operator'::regclass)
 )
@@ -47,11 +69,18 @@ SELECT 'relation', c.oid, n.nspname::text, c.relname::text, c.relkind::text,
        c.relpersistence = 'p',
        EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
        /* publication_gap($5) */,
-       c.oid IN (SELECT oid FROM named)
+       c.oid IN (SELECT oid FROM named),
+       -- CURRENT_TIMESTAMP, CURRENT_USER and the like are nodes of their
+       -- own, not function calls.
+       c.relkind = 'v' AND EXISTS (
+           SELECT 1 FROM pg_rewrite rw
+           WHERE rw.ev_class = c.oid AND rw.ev_type = '1'
+             AND strpos(rw.ev_action::text, '{SQLVALUEFUNCTION ') > 0)
 FROM reached JOIN pg_class c ON reached.classid = 'pg_class'::regclass AND c.oid = reached.objid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 UNION ALL
 SELECT 'function', p.oid, n.nspname::text, p.proname::text, p.provolatile::text,
-       p.prosqlbody IS NOT NULL, false, NULL, false
+       p.prosqlbody IS NOT NULL, false, NULL, false,
+       COALESCE(strpos(p.prosqlbody::text, '{SQLVALUEFUNCTION ') > 0, false)
 FROM reached JOIN pg_proc p ON reached.classid = 'pg_proc'::regclass AND p.oid = reached.objid
 JOIN pg_namespace n ON n.oid = p.pronamespace

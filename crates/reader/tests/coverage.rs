@@ -293,3 +293,60 @@ async fn a_misspelt_statement_gets_the_database_syntax_error() {
         Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR)
     );
 }
+
+/// Built-in functions, SQL value functions and system catalogs hidden in a
+/// view or a SQL-standard function body: PostgreSQL records no dependency
+/// on built-ins, so the catalog closure must find them in the stored
+/// expression trees.
+const HIDDEN: &str = "
+CREATE TABLE stamp (id int PRIMARY KEY, at timestamptz NOT NULL, owner text NOT NULL);
+ALTER TABLE stamp REPLICA IDENTITY FULL;
+INSERT INTO stamp VALUES (1, now() - interval '1 hour', 'postgres');
+CREATE VIEW random_view AS SELECT random() AS r;
+CREATE VIEW recent_stamp AS SELECT id FROM stamp WHERE at > now() - interval '2 hours';
+CREATE VIEW clock_view AS SELECT clock_timestamp()::text AS t;
+CREATE VIEW mine AS SELECT id FROM stamp WHERE owner = current_user;
+CREATE VIEW today_view AS SELECT CURRENT_TIMESTAMP::text AS t;
+CREATE VIEW pid_view AS SELECT pg_backend_pid() AS p;
+CREATE FUNCTION recent_ids() RETURNS SETOF int STABLE LANGUAGE sql
+  BEGIN ATOMIC SELECT id FROM stamp WHERE at > now() - interval '2 hours'; END;
+CREATE FUNCTION random_atomic() RETURNS float8 STABLE LANGUAGE sql
+  BEGIN ATOMIC SELECT random(); END;
+CREATE VIEW count_view AS SELECT count(*) AS n, max(at)::text AS last FROM stamp;
+CREATE VIEW table_names AS SELECT relname::text AS name FROM pg_class WHERE relname LIKE 'stamp%';
+CREATE VIEW sessions AS SELECT count(*) AS n FROM pg_stat_activity;
+CREATE FUNCTION stamp_tables() RETURNS bigint STABLE LANGUAGE sql
+  BEGIN ATOMIC SELECT count(*) FROM pg_class WHERE relname LIKE 'stamp%'; END;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_ins_hidden_in_views_and_function_bodies_are_read_through() {
+    let h = harness_with(HIDDEN).await;
+    for sql in [
+        "SELECT r FROM random_view",
+        "SELECT id FROM recent_stamp",
+        "SELECT t FROM clock_view",
+        "SELECT id FROM mine",
+        "SELECT t FROM today_view",
+        "SELECT p FROM pid_view",
+        "SELECT recent_ids() AS id",
+        "SELECT random_atomic() AS r",
+        "SELECT name FROM table_names",
+        "SELECT n FROM sessions",
+        "SELECT stamp_tables() AS n",
+    ] {
+        for _ in 0..2 {
+            h.client.query(sql, &[]).await.unwrap();
+        }
+        let m = h.client.metrics();
+        assert_eq!((m.hits, m.stores), (0, 0), "{sql}: {m:?}");
+    }
+    // Aggregates and casts are pure: a view of them is cached.
+    for _ in 0..2 {
+        h.client
+            .query("SELECT n, last FROM count_view", &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.hits(), 1);
+}
