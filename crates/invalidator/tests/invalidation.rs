@@ -147,3 +147,51 @@ async fn copy_and_multi_statement_transactions_invalidate_every_row() {
         assert!(!h.is_cached(q).await);
     }
 }
+
+/// A metadata server that restarts takes the flush lists it held with it
+/// (`flush_all` here: the same loss). The next change whose lists lived
+/// there finds that server's sentinel missing and bumps the epoch, so no
+/// result registered in a lost list is served again (docs/eviction.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_server_that_lost_its_data_is_noticed_by_the_next_change() {
+    let second = tokio::task::spawn_blocking(cm_testkit::MemcachedServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let h = Harness::new(
+        SCHEMA,
+        Options {
+            more_servers: vec![second.addr()],
+            ..Options::default()
+        },
+    )
+    .await;
+    h.psql("INSERT INTO book SELECT i, 1, 'draft', 't' FROM generate_series(100, 139) i;");
+    h.setup();
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    // Forty rows' lists span both servers; the first change finds no
+    // sentinel yet (a new cache) and writes them.
+    let every_row = "UPDATE book SET title = title || '.' WHERE id BETWEEN 100 AND 139;";
+    h.psql(every_row);
+    h.wait_applied().await;
+    let epoch = h.generation(&h.space.epoch()).await;
+    assert!(epoch.is_some());
+    h.psql(every_row);
+    h.wait_applied().await;
+    assert_eq!(
+        h.generation(&h.space.epoch()).await,
+        epoch,
+        "no server lost anything"
+    );
+
+    for id in 100..140 {
+        h.cache(&format!("book {id}"), &[h.object("book", id)])
+            .await;
+    }
+    cm_testkit::memcached_flush_all(&second.addr()).unwrap();
+    h.psql(every_row);
+    h.wait_applied().await;
+    let after = h.generation(&h.space.epoch()).await;
+    assert!(after.is_some() && after != epoch, "{epoch:?} -> {after:?}");
+}

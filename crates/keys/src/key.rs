@@ -48,6 +48,9 @@ pub enum KeyKind {
     Heartbeat,
     /// `w`: the invalidator's persisted identity of what it streams from.
     WorkerState,
+    /// `s`: a metadata server's sentinel, written by the invalidator; its
+    /// absence means the server lost what it held (docs/eviction.md).
+    Sentinel,
 }
 
 impl KeyKind {
@@ -59,6 +62,7 @@ impl KeyKind {
             KeyKind::Generation => "g",
             KeyKind::Heartbeat => "hb",
             KeyKind::WorkerState => "w",
+            KeyKind::Sentinel => "s",
         }
     }
 
@@ -70,6 +74,7 @@ impl KeyKind {
             KeyKind::Generation,
             KeyKind::Heartbeat,
             KeyKind::WorkerState,
+            KeyKind::Sentinel,
         ]
         .into_iter()
         .find(|kind| kind.tag() == tag)
@@ -242,6 +247,15 @@ impl KeySpace {
     /// a difference on start means the cache may be stale (epoch bump).
     pub fn worker_state(&self) -> Key {
         self.make(KeyKind::WorkerState, &[b"worker-state"])
+    }
+
+    /// `s`: the `n`th sentinel candidate. A store picks, for each metadata
+    /// server, the first candidate that hashes to that server, and keeps it
+    /// there while the server holds its data: a server that restarted or
+    /// was flushed has lost its flush lists, and the missing sentinel says
+    /// so (docs/eviction.md).
+    pub fn sentinel(&self, n: u32) -> Key {
+        self.make(KeyKind::Sentinel, &[b"sentinel", &n.to_be_bytes()])
     }
 
     fn owned(

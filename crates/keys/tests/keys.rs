@@ -57,6 +57,7 @@ fn key_shape_is_prefix_kind_hash() {
         (space.table_generation(&t), KeyKind::Generation, "g"),
         (space.epoch(), KeyKind::Generation, "g"),
         (space.heartbeat(), KeyKind::Heartbeat, "hb"),
+        (space.sentinel(0), KeyKind::Sentinel, "s"),
     ];
     for (key, kind, tag) in cases {
         assert_eq!(key.kind(), kind);

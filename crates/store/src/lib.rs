@@ -66,5 +66,5 @@ pub use memcached::{
 };
 pub use memory::{MemoryStore, MemoryStoreConfig};
 pub use read::{get_one, read_generation, read_heartbeat};
-pub use store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
+pub use store::{CacheStore, CheckedFlushLists, FlushListSnapshot, Item, Lease, LeaseOutcome};
 pub use ttl::MAX_TTL;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use cm_keys::KeySpace;
+
 use crate::error::StoreError;
 use crate::generation::Generation;
 
@@ -51,6 +53,18 @@ pub struct FlushListSnapshot {
     /// The list's CAS token at the time of the read; `None` when the list
     /// does not exist (there is then nothing to clear).
     pub cas: Option<u64>,
+}
+
+/// Flush lists read by [`CacheStore::read_flush_lists_checked`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckedFlushLists {
+    /// One snapshot per key, in order, as
+    /// [`read_flush_lists`](CacheStore::read_flush_lists) returns them.
+    pub lists: Vec<FlushListSnapshot>,
+    /// The servers holding some of the lists whose sentinel was missing:
+    /// they lost what they held (a restart, a flush) since the sentinels
+    /// were last written, so lists read from them may have lost members.
+    pub lost_servers: Vec<String>,
 }
 
 /// What a lease read found.
@@ -224,6 +238,36 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
         &self,
         list_keys: &[&str],
     ) -> Result<Vec<FlushListSnapshot>, StoreError>;
+
+    /// Reads flush lists like [`read_flush_lists`](Self::read_flush_lists)
+    /// and, in the same round trip and before them on each server, that
+    /// server's sentinel under `space`; reports the servers whose sentinel
+    /// is missing ([`CheckedFlushLists::lost_servers`]). The invalidator
+    /// reads with it, so a change whose lists a restarted server lost is
+    /// seen as such (docs/eviction.md).
+    ///
+    /// The default, for a store that cannot lose part of its data, reads
+    /// and reports nothing lost.
+    async fn read_flush_lists_checked(
+        &self,
+        space: &KeySpace,
+        list_keys: &[&str],
+    ) -> Result<CheckedFlushLists, StoreError> {
+        let _ = space;
+        Ok(CheckedFlushLists {
+            lists: self.read_flush_lists(list_keys).await?,
+            lost_servers: Vec::new(),
+        })
+    }
+
+    /// Writes the sentinel under `space` of every metadata server, once
+    /// what a lost server held is invalidated (the epoch bumped): until
+    /// then a retry finds the sentinel still missing and invalidates again.
+    /// The default does nothing.
+    async fn write_sentinels(&self, space: &KeySpace) -> Result<(), StoreError> {
+        let _ = space;
+        Ok(())
+    }
 
     /// Reads one flush list; see [`read_flush_lists`](Self::read_flush_lists).
     async fn read_flush_list(&self, list_key: &str) -> Result<FlushListSnapshot, StoreError> {

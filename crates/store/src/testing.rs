@@ -20,7 +20,9 @@ use futures_util::future::BoxFuture;
 
 use crate::error::StoreError;
 use crate::generation::Generation;
-use crate::store::{CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
+use cm_keys::KeySpace;
+
+use crate::store::{CacheStore, CheckedFlushLists, FlushListSnapshot, Item, Lease, LeaseOutcome};
 
 /// A method of [`CacheStore`], as counted and hooked by
 /// [`InstrumentedStore`]. The provided one-key conveniences
@@ -237,6 +239,19 @@ impl CacheStore for InstrumentedStore {
     ) -> Result<Vec<FlushListSnapshot>, StoreError> {
         self.enter(Method::ReadFlushLists).await?;
         self.inner.read_flush_lists(list_keys).await
+    }
+
+    async fn read_flush_lists_checked(
+        &self,
+        space: &KeySpace,
+        list_keys: &[&str],
+    ) -> Result<CheckedFlushLists, StoreError> {
+        self.enter(Method::ReadFlushLists).await?;
+        self.inner.read_flush_lists_checked(space, list_keys).await
+    }
+
+    async fn write_sentinels(&self, space: &KeySpace) -> Result<(), StoreError> {
+        self.inner.write_sentinels(space).await
     }
 
     async fn clear_flush_lists_if_unchanged(

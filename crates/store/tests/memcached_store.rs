@@ -9,8 +9,10 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use cm_keys::KeySpace;
 use cm_store::{
-    CacheStore, LeaseOutcome, MemcachedConfig, MemcachedStore, StableRendezvous, StoreError,
+    CacheStore, CheckedFlushLists, LeaseOutcome, MemcachedConfig, MemcachedStore, StableRendezvous,
+    StoreError,
 };
 use cm_testkit::MemcachedServer;
 
@@ -385,4 +387,70 @@ async fn combined_fill_steps_pipeline_only_on_one_server() {
             .value,
         b"rows"
     );
+}
+
+/// A metadata server that lost its data (`flush_all`, as a restart would)
+/// is reported by a checked read of the lists it holds, and only then;
+/// written sentinels mark every server whole again (docs/eviction.md).
+#[tokio::test]
+async fn a_checked_read_reports_a_server_that_lost_its_data() {
+    let servers = start_servers(2).await;
+    let addrs: Vec<String> = servers.iter().map(MemcachedServer::addr).collect();
+    let store = store_on(addrs.clone(), Duration::from_secs(5)).await;
+    let space = KeySpace::new("cm").unwrap();
+    let lists: Vec<String> = (0..20).map(|i| format!("cm:f:{i:04x}")).collect();
+    let lists: Vec<&str> = lists.iter().map(String::as_str).collect();
+    store
+        .append_to_flush_lists(&lists, "cm:q:1", TTL)
+        .await
+        .unwrap();
+    let lost = |read: &CheckedFlushLists| {
+        let mut lost = read.lost_servers.clone();
+        lost.sort();
+        lost
+    };
+    let mut every = addrs.clone();
+    every.sort();
+
+    // No sentinel written yet: every server read from counts as lost.
+    let read = store
+        .read_flush_lists_checked(&space, &lists)
+        .await
+        .unwrap();
+    assert_eq!(lost(&read), every);
+    store.write_sentinels(&space).await.unwrap();
+    let read = store
+        .read_flush_lists_checked(&space, &lists)
+        .await
+        .unwrap();
+    assert!(read.lost_servers.is_empty(), "{read:?}");
+    assert!(read.lists.iter().all(|list| list.members == ["cm:q:1"]));
+
+    cm_testkit::memcached_flush_all(&addrs[1]).unwrap();
+    let on_first: Vec<&str> = lists
+        .iter()
+        .copied()
+        .filter(|list| store.server_for_key(list) == addrs[0])
+        .collect();
+    assert!(!on_first.is_empty() && on_first.len() < lists.len());
+    let read = store
+        .read_flush_lists_checked(&space, &on_first)
+        .await
+        .unwrap();
+    assert!(read.lost_servers.is_empty(), "only the servers read from");
+    let read = store
+        .read_flush_lists_checked(&space, &lists)
+        .await
+        .unwrap();
+    assert_eq!(read.lost_servers, [addrs[1].clone()]);
+    for (list, snapshot) in lists.iter().zip(&read.lists) {
+        let on_lost = store.server_for_key(list) == addrs[1];
+        assert_eq!(snapshot.members.is_empty(), on_lost, "{list}");
+    }
+    store.write_sentinels(&space).await.unwrap();
+    let read = store
+        .read_flush_lists_checked(&space, &lists)
+        .await
+        .unwrap();
+    assert!(read.lost_servers.is_empty(), "{read:?}");
 }

@@ -80,8 +80,8 @@ mod util;
 pub use cluster::{PgCluster, PgClusterBuilder, StopMode};
 pub use error::TestkitError;
 pub use memcached::{
-    stats as memcached_stats, MemcachedOptions, MemcachedServer, TestMemcached, ENV_MEMCACHED,
-    ENV_MEMCACHED_MB,
+    flush_all as memcached_flush_all, stats as memcached_stats, MemcachedOptions, MemcachedServer,
+    TestMemcached, ENV_MEMCACHED, ENV_MEMCACHED_MB,
 };
 pub use postgres::{TestPostgres, ENV_PG_URL};
 pub use replica::PgReplica;

@@ -231,6 +231,14 @@ pub fn stats(addr: &str) -> Result<HashMap<String, String>, TestkitError> {
         .collect())
 }
 
+/// Empties memcached at `addr` (`flush_all`): what a restart does to its
+/// data, without dropping its connections.
+pub fn flush_all(addr: &str) -> Result<(), TestkitError> {
+    exchange_lines(addr, b"flush_all\r\n", "OK")
+        .map(drop)
+        .map_err(|e| TestkitError::io(format!("flush_all of memcached at {addr}"), e))
+}
+
 /// Sends `request` and reads lines up to (without) the one equal to `last`.
 fn exchange_lines(addr: &str, request: &[u8], last: &str) -> std::io::Result<Vec<String>> {
     let stream = TcpStream::connect(addr)?;

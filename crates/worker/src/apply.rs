@@ -2,7 +2,10 @@
 //!
 //! 0. make sure the progress record says this group is dispatched
 //!    ([`DispatchGate`], beside step 1: no extra round trip);
-//! 1. read the flush lists (members and CAS), without clearing them;
+//! 1. read the flush lists (members and CAS), without clearing them, with
+//!    the sentinels of the servers that hold them; if a server lost its
+//!    data (a restart), its lists lost members no one can find again:
+//!    bump the epoch, then write the sentinels anew (docs/eviction.md);
 //! 2. delete every member (NOT_FOUND is fine);
 //! 3. clear each list only if it is unchanged since the read;
 //! 4. bump the generations, then the ones that must follow them (the
@@ -17,6 +20,7 @@
 
 use std::collections::BTreeSet;
 
+use cm_keys::KeySpace;
 use cm_store::{CacheStore, StoreError};
 
 use crate::progress::DispatchGate;
@@ -32,6 +36,9 @@ pub struct Applied {
     pub deleted: usize,
     /// Generations bumped.
     pub bumped: usize,
+    /// Metadata servers found to have lost their data (each costs an
+    /// epoch bump).
+    pub lost_servers: usize,
 }
 
 /// Applies `txn` once; any store error aborts (the caller retries the whole
@@ -39,6 +46,7 @@ pub struct Applied {
 /// before `gate` opens.
 pub async fn apply_once(
     store: &dyn CacheStore,
+    space: &KeySpace,
     txn: &TxnInvalidations,
     gate: &DispatchGate,
 ) -> Result<Applied, StoreError> {
@@ -50,12 +58,20 @@ pub async fn apply_once(
             break;
         }
         let first = gate.take();
-        let (snapshots, ()) = tokio::join!(store.read_flush_lists(&pending), async move {
-            if let Some(gate) = first {
-                gate.wait().await;
+        let (read, ()) = tokio::join!(
+            store.read_flush_lists_checked(space, &pending),
+            async move {
+                if let Some(gate) = first {
+                    gate.wait().await;
+                }
             }
-        });
-        let snapshots = snapshots?;
+        );
+        let read = read?;
+        if !read.lost_servers.is_empty() {
+            invalidate_lost(store, space, &read.lost_servers).await?;
+            applied.lost_servers += read.lost_servers.len();
+        }
+        let snapshots = read.lists;
         // Every member read this round is deleted again before the clear,
         // even one deleted in an earlier round: since that delete a reader
         // may have leased the key afresh, re-registered it (the append that
@@ -97,6 +113,26 @@ pub async fn apply_once(
         applied.bumped += 1;
     }
     Ok(applied)
+}
+
+/// A metadata server lost its data: the flush lists it held lost their
+/// members, and nothing can find the results registered in them. The epoch
+/// bump invalidates every result; the sentinels, written after it, mark the
+/// servers whole again. In this order a failure in between is retried with
+/// the sentinels still missing, so it bumps again rather than never.
+async fn invalidate_lost(
+    store: &dyn CacheStore,
+    space: &KeySpace,
+    servers: &[String],
+) -> Result<(), StoreError> {
+    store.bump_generation(space.epoch().as_str()).await?;
+    store.write_sentinels(space).await?;
+    tracing::warn!(
+        ?servers,
+        "memcached metadata server(s) lost their data (restarted or flushed): \
+         epoch bumped, every cached result is invalid"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,7 +204,7 @@ mod tests {
             table_generation: space.table_generation(&table),
             bump_table_generation: false,
         });
-        apply_once(&store, &txn, &DispatchGate::open())
+        apply_once(&store, &space, &txn, &DispatchGate::open())
             .await
             .unwrap();
 

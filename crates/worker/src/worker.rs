@@ -525,6 +525,7 @@ impl Worker {
     fn applying(&self, mut group: CommitGroup, gate: Option<DispatchGate>) -> ApplyFuture {
         let store = Arc::clone(&self.store);
         let observer = Arc::clone(&self.observer);
+        let space = self.space.clone();
         let max_backoff = self.options.max_backoff;
         Box::pin(async move {
             let Some(gate) = gate else {
@@ -536,9 +537,12 @@ impl Worker {
                 max_backoff,
                 observer.as_ref(),
                 "apply invalidations",
-                || apply_once(store.as_ref(), txn, &gate),
+                || apply_once(store.as_ref(), &space, txn, &gate),
             )
             .await?;
+            if applied.lost_servers > 0 {
+                observer.epoch_bumped();
+            }
             group.mark_applied();
             Ok((applied, group))
         })

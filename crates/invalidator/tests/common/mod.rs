@@ -36,6 +36,9 @@ pub struct Options {
     /// A cluster of the test's own with these settings (implies owned_pg).
     pub cluster: Option<PgClusterBuilder>,
     pub owned_memcached: bool,
+    /// More metadata servers, after the test kit's memcached, in the
+    /// worker's configuration and the harness's store.
+    pub more_servers: Vec<String>,
     pub extra_toml: String,
 }
 
@@ -58,19 +61,26 @@ impl Harness {
         env.pg.psql(schema_sql).unwrap();
         let slot = env.pg.unique_name("cm_slot");
         let prefix = env.memcached.key_prefix().to_string();
+        let servers: Vec<String> = std::iter::once(env.memcached.addr().to_string())
+            .chain(options.more_servers.iter().cloned())
+            .collect();
         let toml = format!(
             "[postgres]\nurl = '{url}'\nslot = '{slot}'\npublication = 'cm_pub'\n\
-             [cache]\nservers = ['{addr}']\nprefix = '{prefix}'\ntimeout_ms = 300\n\
+             [cache]\nservers = [{addrs}]\nprefix = '{prefix}'\ntimeout_ms = 300\n\
              [worker]\nheartbeat_interval_ms = 100\nstatus_interval_ms = 200\nmax_backoff_ms = 500\n\
              [log]\nlevel = 'cm_invalidator=debug,info'\n{extra}\n",
             url = env.pg.url(),
-            addr = env.memcached.addr(),
+            addrs = servers
+                .iter()
+                .map(|addr| format!("'{addr}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
             extra = options.extra_toml,
         );
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(toml.as_bytes()).unwrap();
         let config_file = file.into_temp_path();
-        let mut memcached = MemcachedConfig::new([env.memcached.addr().to_string()]);
+        let mut memcached = MemcachedConfig::new(servers);
         memcached.timeout = Duration::from_millis(300);
         let store: Arc<dyn CacheStore> =
             Arc::new(MemcachedStore::connect(memcached).await.unwrap());

@@ -23,7 +23,9 @@
 
 use std::time::Duration;
 
-use memcache::exp::{Delete, Get, GetStatus, Meta, MutationStatus, Op, OpResult, Set, Ttl};
+use memcache::exp::{
+    Delete, Get, GetResult, GetStatus, Meta, MutationStatus, Op, OpResult, Set, Ttl,
+};
 
 use super::errors::map_error;
 use super::pool::Pool;
@@ -148,18 +150,7 @@ impl Pool {
         list_keys
             .iter()
             .zip(reads)
-            .map(|(list, read)| {
-                if read.status == GetStatus::Miss {
-                    return Ok(FlushListSnapshot::default());
-                }
-                let cas = read.item.cas.ok_or_else(|| StoreError::Protocol {
-                    message: format!("read of flush list {list:?} came without its CAS"),
-                })?;
-                Ok(FlushListSnapshot {
-                    members: decode_members(read.value.as_deref().unwrap_or_default()),
-                    cas: Some(cas),
-                })
-            })
+            .map(|(list, read)| list_snapshot(list, read))
             .collect()
     }
 
@@ -194,4 +185,18 @@ impl Pool {
             })
             .collect()
     }
+}
+
+/// A list's read (`mg <list> v c`) as a snapshot; a miss is an empty list.
+pub(super) fn list_snapshot(list: &str, read: GetResult) -> Result<FlushListSnapshot, StoreError> {
+    if read.status == GetStatus::Miss {
+        return Ok(FlushListSnapshot::default());
+    }
+    let cas = read.item.cas.ok_or_else(|| StoreError::Protocol {
+        message: format!("read of flush list {list:?} came without its CAS"),
+    })?;
+    Ok(FlushListSnapshot {
+        members: decode_members(read.value.as_deref().unwrap_or_default()),
+        cas: Some(cas),
+    })
 }

@@ -24,6 +24,7 @@ mod items;
 mod pool;
 mod router;
 mod routing;
+mod sentinels;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,12 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::generation::Generation;
-use crate::key::{validate_key, validate_keys, validate_value};
-use crate::store::{sequential, CacheStore, FlushListSnapshot, Item, Lease, LeaseOutcome};
+use cm_keys::{Key, KeySpace};
+
+use crate::key::{is_result_key, validate_key, validate_keys, validate_value};
+use crate::store::{
+    sequential, CacheStore, CheckedFlushLists, FlushListSnapshot, Item, Lease, LeaseOutcome,
+};
 pub use config::{
     MemcachedConfig, DEFAULT_ITEM_SIZE_LIMIT, DEFAULT_MAX_CAS_ATTEMPTS, DEFAULT_TIMEOUT,
     ITEM_OVERHEAD,
@@ -315,6 +320,36 @@ impl CacheStore for MemcachedStore {
             pool.read_flush_lists_now(&lists).await
         });
         self.bounded("read_flush_lists", call).await
+    }
+
+    async fn read_flush_lists_checked(
+        &self,
+        space: &KeySpace,
+        list_keys: &[&str],
+    ) -> Result<CheckedFlushLists, StoreError> {
+        let call = async {
+            if let Some(key) = list_keys.iter().find(|k| is_result_key(k)) {
+                return Err(StoreError::Config {
+                    message: format!("{key:?} is a result key, not a flush list"),
+                });
+            }
+            validate_keys(list_keys)?;
+            self.metadata.admit(list_keys.to_vec()).await?;
+            self.metadata
+                .read_flush_lists_checked_now(space, list_keys)
+                .await
+        };
+        self.bounded("read_flush_lists", call).await
+    }
+
+    async fn write_sentinels(&self, space: &KeySpace) -> Result<(), StoreError> {
+        let call = async {
+            let sentinels = self.metadata.sentinels(space)?;
+            let keys: Vec<&str> = sentinels.iter().map(Key::as_str).collect();
+            self.metadata.admit(keys).await?;
+            self.metadata.write_sentinels_now(space).await
+        };
+        self.bounded("write_sentinels", call).await
     }
 
     async fn clear_flush_lists_if_unchanged(
