@@ -33,8 +33,8 @@ use cm_reader::{CachingClient, QueryCache, ReaderOptions};
 use cm_store::{CacheStore, MemoryStore, MemoryStoreConfig};
 use cm_worker::setup::{missing_steps, run_steps};
 use cm_worker::{
-    connect_sql, emit_heartbeats, heartbeat_message_prefix, NoObserver, SetupOptions, Worker,
-    WorkerError, WorkerOptions,
+    connect_sql, emit_heartbeats, heartbeat_message_prefix, DdlTriggerPolicy, NoObserver,
+    SetupOptions, Worker, WorkerError, WorkerOptions,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -61,6 +61,9 @@ pub struct EmbeddedOptions {
     pub heartbeat_interval: Duration,
     /// Longest wait between the invalidator's retries.
     pub max_backoff: Duration,
+    /// What heartbeats do while the DDL event triggers do not fire
+    /// (`cm_worker::DdlTriggerPolicy`; docs/ddl.md).
+    pub ddl_triggers: DdlTriggerPolicy,
 }
 
 impl EmbeddedOptions {
@@ -80,6 +83,7 @@ impl EmbeddedOptions {
             },
             heartbeat_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
+            ddl_triggers: DdlTriggerPolicy::Required,
         }
     }
 }
@@ -147,6 +151,7 @@ impl EmbeddedCache {
             options.postgres_url.clone(),
             heartbeat_message_prefix(space.prefix()),
             options.heartbeat_interval,
+            options.ddl_triggers,
         ));
         // The reader checks statements against the publication this worker
         // streams, whatever the reader options said.

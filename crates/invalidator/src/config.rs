@@ -99,6 +99,11 @@ pub struct WorkerConfig {
     /// acknowledged only after it and all earlier ones are done.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Heartbeats only while the DDL event triggers fire in every session
+    /// (readers read through otherwise), and an epoch bump once they fire
+    /// again. `false` for a database where they cannot be installed.
+    #[serde(default = "default_require_ddl_triggers")]
+    pub require_ddl_triggers: bool,
 }
 
 /// `[metrics]`
@@ -164,6 +169,9 @@ fn default_status_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     millis(WorkerOptions::DEFAULT_MAX_BACKOFF)
 }
+fn default_require_ddl_triggers() -> bool {
+    true
+}
 fn default_max_in_flight() -> usize {
     WorkerOptions::DEFAULT_MAX_IN_FLIGHT
 }
@@ -188,6 +196,7 @@ impl Default for WorkerConfig {
             status_interval_ms: default_status_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             max_in_flight: default_max_in_flight(),
+            require_ddl_triggers: default_require_ddl_triggers(),
         }
     }
 }
@@ -212,6 +221,15 @@ impl Default for LogConfig {
 }
 
 impl WorkerConfig {
+    /// What heartbeats do about DDL event triggers that do not fire.
+    pub fn ddl_trigger_policy(&self) -> cm_worker::DdlTriggerPolicy {
+        if self.require_ddl_triggers {
+            cm_worker::DdlTriggerPolicy::Required
+        } else {
+            cm_worker::DdlTriggerPolicy::Optional
+        }
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)

@@ -53,6 +53,7 @@ async fn start(config: &InvalidatorConfig, figment: &Figment) -> Result<(Worker,
         config.postgres.url.clone(),
         heartbeat_message_prefix(space.prefix()),
         config.worker.heartbeat_interval(),
+        config.worker.ddl_trigger_policy(),
     ));
     tokio::spawn(poll_lag(
         config.postgres.url.clone(),

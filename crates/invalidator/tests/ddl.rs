@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use cm_keys::{Key, TableName};
 use common::*;
 
@@ -152,6 +154,39 @@ async fn ddl_in_a_session_with_the_replica_role_bumps_too() {
     .await;
 }
 
+/// Event triggers that stop firing while the worker runs (disabled by
+/// hand: no event reports that): no heartbeat comes back meanwhile, so
+/// readers read through, and once they fire again the epoch is bumped for
+/// the DDL that went unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_that_stop_firing_stop_heartbeats_until_an_epoch_bump() {
+    let h = started().await;
+    let _worker = h.spawn_worker(false);
+    h.wait_applied().await;
+    let epoch = h.generation(&h.space.epoch()).await;
+    h.psql("ALTER EVENT TRIGGER cachemachine_ddl_command_end DISABLE;");
+    // Any heartbeat tick that read the state before the change is over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.psql("CREATE OR REPLACE VIEW book_titles AS SELECT id, upper(title) AS title FROM book;");
+    let unseen: cm_pgoutput::Lsn = h
+        .psql("SELECT pg_current_wal_lsn()")
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heartbeat = h.heartbeat().await.unwrap();
+    assert!(
+        heartbeat.lsn < unseen.0,
+        "a heartbeat came back while the DDL triggers did not fire"
+    );
+    assert_eq!(h.generation(&h.space.epoch()).await, epoch);
+
+    h.psql("ALTER EVENT TRIGGER cachemachine_ddl_command_end ENABLE ALWAYS;");
+    h.wait_applied().await;
+    let after = h.generation(&h.space.epoch()).await;
+    assert!(after.is_some() && after != epoch, "{epoch:?} -> {after:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_that_cannot_be_scoped_bumps_the_epoch() {
     let h = started().await;
@@ -255,11 +290,15 @@ async fn changes_of_children_flush_their_ancestors_any_change_lists() {
         "insert into a partition created after start, root's list"
     );
 
-    // One the trigger did not announce (disabled): the worker re-reads the
-    // catalog when it meets the unknown relation.
+    // One the trigger did not announce (disabled for that command only, in
+    // one transaction, so the heartbeats never see it disabled): the worker
+    // re-reads the catalog when it meets the unknown relation.
     h.psql(
-        "ALTER EVENT TRIGGER cachemachine_ddl_command_end DISABLE;
-         CREATE TABLE event_3 PARTITION OF event FOR VALUES FROM (300) TO (400);",
+        "BEGIN;
+         ALTER EVENT TRIGGER cachemachine_ddl_command_end DISABLE;
+         CREATE TABLE event_3 PARTITION OF event FOR VALUES FROM (300) TO (400);
+         ALTER EVENT TRIGGER cachemachine_ddl_command_end ENABLE ALWAYS;
+         COMMIT;",
     );
     h.wait_applied().await;
     let events = h

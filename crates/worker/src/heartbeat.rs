@@ -4,12 +4,20 @@
 //! everything before it, it writes the heartbeat key; readers bypass the
 //! cache when that key is older than their `max_staleness`, so a dead or
 //! lagging invalidator can never make them serve stale data for longer.
+//!
+//! The same holds for an invalidator that cannot see DDL: while the DDL
+//! event triggers are missing, disabled or outdated, no heartbeat is
+//! emitted ([`DdlTriggerPolicy::Required`]), so readers read through. When
+//! they fire again, a DDL message that cannot be scoped goes through the
+//! WAL before the next heartbeat: the worker bumps the epoch for whatever
+//! DDL it missed (docs/ddl.md).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cm_keys::{describe_pg_error, Heartbeat};
 use tokio_postgres::Client;
 
+use crate::ddl_trigger::trigger_state;
 use crate::sql::connect_sql;
 
 /// The logical message prefix for one key prefix's heartbeats.
@@ -37,11 +45,39 @@ pub async fn emit(client: &Client, prefix: &str) -> Result<(), tokio_postgres::E
     Ok(())
 }
 
+/// Whether heartbeats wait for working DDL event triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DdlTriggerPolicy {
+    /// No heartbeat while the triggers do not fire in every session, and an
+    /// epoch bump through the WAL once they do again: readers read through
+    /// meanwhile, and never serve a result that missed DDL.
+    #[default]
+    Required,
+    /// Heartbeats regardless: for a database where the triggers cannot be
+    /// installed; results read across DDL stay cached until their TTL.
+    Optional,
+}
+
+/// The DDL message that makes the worker bump the epoch: the triggers were
+/// not firing, so DDL may have gone unseen. Transactional, as the
+/// triggers' own messages are.
+const TRIGGERS_RESTORED_SQL: &str = "SELECT pg_logical_emit_message(true, 'cm.ddl', \
+     '{\"v\": 1, \"event\": \"ddl_command_end\", \"tag\": \"cachemachine triggers restored\", \
+     \"objects\": [{\"kind\": \"unscoped\", \"type\": \"event trigger\", \
+     \"identity\": \"DDL may have gone unseen while the triggers did not fire\"}]}')";
+
 /// Emits heartbeats forever on its own connection, reconnecting as needed.
 /// Failures only delay heartbeats (readers then bypass the cache), so they
-/// are logged, never fatal.
-pub async fn emit_heartbeats(url: String, prefix: String, interval: Duration) {
+/// are logged, never fatal. With [`DdlTriggerPolicy::Required`] each tick
+/// first reads the triggers' state (see the module docs).
+pub async fn emit_heartbeats(
+    url: String,
+    prefix: String,
+    interval: Duration,
+    triggers: DdlTriggerPolicy,
+) {
     let mut client: Option<Client> = None;
+    let mut blind = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -55,13 +91,42 @@ pub async fn emit_heartbeats(url: String, prefix: String, interval: Duration) {
                 }
             }
         }
-        if let Some(c) = &client {
-            if let Err(error) = emit(c, &prefix).await {
-                tracing::warn!(error = %describe_pg_error(&error), "heartbeat: emit failed");
-                client = None;
+        let Some(c) = &client else { continue };
+        let tick = async {
+            if triggers == DdlTriggerPolicy::Required && !triggers_fire(c, &mut blind).await? {
+                return Ok(());
             }
+            emit(c, &prefix).await
+        };
+        if let Err(error) = tick.await {
+            tracing::warn!(error = %describe_pg_error(&error), "heartbeat: emit failed");
+            client = None;
         }
     }
+}
+
+/// Whether the DDL triggers fire in every session. On the way from not
+/// firing (`blind`) to firing, first sends the message that bumps the
+/// epoch, so it is applied before any later heartbeat.
+async fn triggers_fire(client: &Client, blind: &mut bool) -> Result<bool, tokio_postgres::Error> {
+    let state = trigger_state(client).await?;
+    if let Some(problem) = state.problem() {
+        if !*blind {
+            tracing::error!(
+                problem,
+                "DDL event triggers: no heartbeat until they fire again, so readers read \
+                 through; the epoch is bumped then"
+            );
+        }
+        *blind = true;
+        return Ok(false);
+    }
+    if *blind {
+        client.execute(TRIGGERS_RESTORED_SQL, &[]).await?;
+        tracing::warn!("DDL event triggers fire again: epoch bump sent, heartbeats resume");
+        *blind = false;
+    }
+    Ok(true)
 }
 
 /// The heartbeat value for a message that came back at `lsn`, emitted at

@@ -48,7 +48,7 @@ mod worker;
 pub use apply::Applied;
 pub use ddl_trigger::{trigger_state, TriggerState};
 pub use error::WorkerError;
-pub use heartbeat::{emit_heartbeats, heartbeat_message_prefix, unix_micros_now};
+pub use heartbeat::{emit_heartbeats, heartbeat_message_prefix, unix_micros_now, DdlTriggerPolicy};
 pub use identity::{identity_verdicts, IdentityVerdict, Verdict};
 pub use observer::{NoObserver, Observer, Role};
 pub use options::{SetupOptions, WorkerOptions};
