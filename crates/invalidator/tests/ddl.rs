@@ -168,11 +168,7 @@ async fn triggers_that_stop_firing_stop_heartbeats_until_an_epoch_bump() {
     // Any heartbeat tick that read the state before the change is over.
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.psql("CREATE OR REPLACE VIEW book_titles AS SELECT id, upper(title) AS title FROM book;");
-    let unseen: cm_pgoutput::Lsn = h
-        .psql("SELECT pg_current_wal_lsn()")
-        .trim()
-        .parse()
-        .unwrap();
+    let unseen = h.wal_lsn();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let heartbeat = h.heartbeat().await.unwrap();
     assert!(

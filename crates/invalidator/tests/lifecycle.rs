@@ -57,11 +57,7 @@ async fn sigterm_while_memcached_is_down_exits_within_two_seconds_confirming_not
     // the worst case for a retry loop.
     signal(memcached.pid(), "STOP");
     h.psql("UPDATE book SET title = 'never applied' WHERE id = 10;");
-    let written: cm_pgoutput::Lsn = h
-        .psql("SELECT pg_current_wal_lsn()")
-        .trim()
-        .parse()
-        .unwrap();
+    let written = h.wal_lsn();
     // Long enough for the worker to be retrying the apply and heartbeats.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 

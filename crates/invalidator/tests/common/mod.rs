@@ -187,14 +187,18 @@ impl Harness {
             .flatten()
     }
 
+    /// The server's current WAL write position.
+    pub fn wal_lsn(&self) -> cm_pgoutput::Lsn {
+        self.psql("SELECT pg_current_wal_lsn()")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// The fence: waits until a heartbeat emitted after every write so far
     /// has come back, i.e. every earlier commit is invalidated.
     pub async fn wait_applied(&self) {
-        let lsn: cm_pgoutput::Lsn = self
-            .psql("SELECT pg_current_wal_lsn()")
-            .trim()
-            .parse()
-            .unwrap();
+        let lsn = self.wal_lsn();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(hb) = self.heartbeat().await {
