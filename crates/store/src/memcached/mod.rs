@@ -32,11 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cm_keys::{Key, KeySpace};
 
 use crate::error::StoreError;
 use crate::generation::Generation;
-use cm_keys::{Key, KeySpace};
-
 use crate::key::{is_result_key, validate_key, validate_keys, validate_value};
 use crate::store::{
     sequential, CacheStore, CheckedFlushLists, FlushListSnapshot, Item, Lease, LeaseOutcome,
