@@ -58,6 +58,12 @@ reached(classid, objid) AS (
             SELECT p.prosqlbody::text FROM pg_proc p
             WHERE r.classid = 'pg_proc'::regclass AND p.oid = r.objid
               AND p.prosqlbody IS NOT NULL
+          UNION ALL
+            -- Argument defaults (`f(at timestamptz DEFAULT now())`) run as
+            -- part of the call that leaves them out.
+            SELECT p.proargdefaults::text FROM pg_proc p
+            WHERE r.classid = 'pg_proc'::regclass AND p.oid = r.objid
+              AND p.proargdefaults IS NOT NULL
         ) AS t(tree),
         regexp_matches(t.tree, ':(relid|opno|funcid|aggfnoid|winfnoid|opfuncid) ([0-9]+)', 'g')
             AS ref
@@ -82,5 +88,6 @@ UNION ALL
 SELECT 'function', p.oid, n.nspname::text, p.proname::text, p.provolatile::text,
        p.prosqlbody IS NOT NULL, false, NULL, false,
        COALESCE(strpos(p.prosqlbody::text, '{SQLVALUEFUNCTION ') > 0, false)
+           OR COALESCE(strpos(p.proargdefaults::text, '{SQLVALUEFUNCTION ') > 0, false)
 FROM reached JOIN pg_proc p ON reached.classid = 'pg_proc'::regclass AND p.oid = reached.objid
 JOIN pg_namespace n ON n.oid = p.pronamespace

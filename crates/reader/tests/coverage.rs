@@ -295,9 +295,9 @@ async fn a_misspelt_statement_gets_the_database_syntax_error() {
 }
 
 /// Built-in functions, SQL value functions and system catalogs hidden in a
-/// view or a SQL-standard function body: PostgreSQL records no dependency
-/// on built-ins, so the catalog closure must find them in the stored
-/// expression trees.
+/// view, a SQL-standard function body or an argument default: PostgreSQL
+/// records no dependency on built-ins, so the catalog closure must find
+/// them in the stored expression trees.
 const HIDDEN: &str = "
 CREATE TABLE stamp (id int PRIMARY KEY, at timestamptz NOT NULL, owner text NOT NULL);
 ALTER TABLE stamp REPLICA IDENTITY FULL;
@@ -317,6 +317,10 @@ CREATE VIEW table_names AS SELECT relname::text AS name FROM pg_class WHERE reln
 CREATE VIEW sessions AS SELECT count(*) AS n FROM pg_stat_activity;
 CREATE FUNCTION stamp_tables() RETURNS bigint STABLE LANGUAGE sql
   BEGIN ATOMIC SELECT count(*) FROM pg_class WHERE relname LIKE 'stamp%'; END;
+CREATE FUNCTION later(at timestamptz DEFAULT now()) RETURNS text IMMUTABLE LANGUAGE sql
+  RETURN (at + interval '1 day')::text;
+CREATE FUNCTION later_sv(at timestamptz DEFAULT CURRENT_TIMESTAMP) RETURNS text IMMUTABLE
+  LANGUAGE sql RETURN (at + interval '1 day')::text;
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +338,8 @@ async fn built_ins_hidden_in_views_and_function_bodies_are_read_through() {
         "SELECT name FROM table_names",
         "SELECT n FROM sessions",
         "SELECT stamp_tables() AS n",
+        "SELECT later() AS t",
+        "SELECT later_sv() AS t",
     ] {
         for _ in 0..2 {
             h.client.query(sql, &[]).await.unwrap();
