@@ -207,8 +207,8 @@ pub(crate) struct ClosureFunction {
     /// A SQL-standard body (`BEGIN ATOMIC`), whose references are recorded
     /// in `pg_depend` and so are part of the closure.
     pub(crate) has_sql_body: bool,
-    /// Its SQL-standard body uses a SQL value function (`CURRENT_DATE`,
-    /// `SESSION_USER`, ...).
+    /// Its SQL-standard body or an argument default uses a SQL value
+    /// function (`CURRENT_DATE`, `SESSION_USER`, ...).
     pub(crate) session_value: bool,
 }
 

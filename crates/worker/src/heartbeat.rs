@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cm_keys::{describe_pg_error, Heartbeat};
 use tokio_postgres::Client;
 
-use crate::ddl_trigger::trigger_state;
+use crate::ddl_trigger::{trigger_state, TriggerState};
 use crate::sql::connect_sql;
 
 /// The logical message prefix for one key prefix's heartbeats.
@@ -110,10 +110,10 @@ pub async fn emit_heartbeats(
 /// epoch, so it is applied before any later heartbeat.
 async fn triggers_fire(client: &Client, blind: &mut bool) -> Result<bool, tokio_postgres::Error> {
     let state = trigger_state(client).await?;
-    if let Some(problem) = state.problem() {
+    if state != TriggerState::Installed {
         if !*blind {
             tracing::error!(
-                problem,
+                problem = state.problem().unwrap_or_default(),
                 "DDL event triggers: no heartbeat until they fire again, so readers read \
                  through; the epoch is bumped then"
             );

@@ -346,7 +346,7 @@ impl CacheStore for MemcachedStore {
             let sentinels = self.metadata.sentinels(space)?;
             let keys: Vec<&str> = sentinels.iter().map(Key::as_str).collect();
             self.metadata.admit(keys).await?;
-            self.metadata.write_sentinels_now(space).await
+            self.metadata.write_sentinels_now(&sentinels).await
         };
         self.bounded("write_sentinels", call).await
     }

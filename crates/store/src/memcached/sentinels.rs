@@ -92,9 +92,9 @@ impl Pool {
         })
     }
 
-    /// Writes every server's sentinel under `space`, without a TTL.
-    pub(super) async fn write_sentinels_now(&self, space: &KeySpace) -> Result<(), StoreError> {
-        let sentinels = self.sentinels(space)?;
+    /// Writes `sentinels` (every server's, from [`Pool::sentinels`]),
+    /// without a TTL.
+    pub(super) async fn write_sentinels_now(&self, sentinels: &[Key]) -> Result<(), StoreError> {
         let writes = sentinels
             .iter()
             .map(|key| Set::new(key.as_str(), SENTINEL_VALUE))
